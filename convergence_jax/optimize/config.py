@@ -1,0 +1,313 @@
+"""The configuration of an optimization run, read from YAML or built in Python.
+
+The same frozen dataclasses back the YAML file and the command-line flags, so
+``convergence-jax optimize config.yaml --optimizer.generations 5`` overrides one value
+of the file. Reading a file checks every key and type and names the offending key::
+
+    optimizer.generations: expected an integer, got 'ten'
+    optimizer.generatons: unknown key (did you mean 'generations'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+import yaml
+
+from convergence_jax.optimize.metrics import MetricSpec, RewardSpec
+from convergence_jax.spaces import SearchSpace, SpaceError
+
+__all__ = [
+    "ConfigError",
+    "MetricConfig",
+    "ObjectiveConfig",
+    "OptimizeConfig",
+    "OptimizerConfig",
+    "OutputConfig",
+    "load_config",
+    "config_from_dict",
+    "reward_spec",
+    "validate",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What is being optimized."""
+
+    type: Literal["simulated_llm", "jax", "python"] = "simulated_llm"
+    """simulated_llm: the bundled LLM-API simulator (no network); jax: a vectorized JAX
+    function f(key, params) -> metrics, run inside one compiled program; python: a
+    plain callable f(config) -> metrics, run on a thread pool."""
+    target: str | None = None
+    """'module:function' or 'file.py:function' (relative to the config file) for jax
+    and python objectives."""
+    timeout_s: float = 60.0
+    """python objectives: seconds before a call is recorded as timed out."""
+    max_workers: int = 4
+    """python objectives: calls evaluated at the same time."""
+    failure_reward: float | None = None
+    """Reward of a failed evaluation; defaults to 0, the worst reward, when every
+    metric has min and max."""
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """One metric the objective returns."""
+
+    goal: Literal["maximize", "minimize"] = "maximize"
+    """Whether larger or smaller values are better."""
+    weight: float = 1.0
+    """Weight in the reward, a weighted sum of normalized metrics."""
+    min: float | None = None
+    """Lower end for normalization to [0, 1]; give both min and max or neither."""
+    max: float | None = None
+    """Upper end for normalization to [0, 1]."""
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Thompson sampling + evolution (mab_evolution) settings."""
+
+    generations: int = 10
+    """Number of generations."""
+    population_size: int = 16
+    """Configurations per generation (the bandit's arms)."""
+    evaluations_per_generation: int = 64
+    """Noisy evaluations per generation: one per configuration, then Thompson sampling
+    spends the rest on the promising ones."""
+    batch_size: int = 8
+    """Evaluations chosen per Thompson-sampling round (evaluated in parallel)."""
+    elites: int = 2
+    """Best configurations carried unchanged, with their posteriors, to the next
+    generation."""
+    selection: Literal["tournament", "roulette", "rank", "truncation"] = "tournament"
+    """Parent selection."""
+    mutation: Literal["gaussian", "self_adaptive", "one_fifth", "dropout"] = "gaussian"
+    """Mutation operator."""
+    crossover: Literal["uniform", "blend", "one_point", "average"] = "uniform"
+    """Crossover operator."""
+    mutation_rate: float | None = None
+    """Per-gene mutation probability (library default when unset)."""
+    mutation_std: float | None = None
+    """Mutation step relative to each parameter's range (library default when unset)."""
+    crossover_rate: float | None = None
+    """Probability that a child is a crossover (library default when unset)."""
+    seed: int = 0
+    """Random seed."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and what to write."""
+
+    dir: str = "runs/latest"
+    """Output folder (relative to the working directory)."""
+    top_k: int = 10
+    """Rows in the report's table of top configurations."""
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """A whole optimization run."""
+
+    search_space: Annotated[dict[str, Any], tyro.conf.Suppress] = field(
+        default_factory=dict
+    )
+    """Parameters to tune: name -> {type: float|int|categorical, ...} (YAML only)."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    metrics: dict[str, MetricConfig] = field(default_factory=dict)
+    """Metrics the objective returns, with goals, weights and bounds."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    base_dir: Annotated[str, tyro.conf.Suppress] = "."
+    """Folder the config file was read from (file targets are relative to it)."""
+
+    def space(self) -> SearchSpace:
+        try:
+            return SearchSpace.from_dict(self.search_space)
+        except SpaceError as e:
+            raise ConfigError(f"search_space: {e}") from None
+
+
+# ----------------------------------------------------------------------------- reading
+
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true/false",
+}
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _convert(value, typing.get_args(hint)[0], where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: bad value {value!r}"
+        )
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: expected one of {list(choices)}, got {value!r}"
+            )
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, value_hint = typing.get_args(hint)
+        return {
+            str(k): _convert(v, value_hint, f"{where}.{k}") for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported type {hint}")  # a bug in this module
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown key{hint}; allowed: {names}")
+        kwargs[key] = _convert(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, base_dir: str | Path = ".") -> OptimizeConfig:
+    """Build and validate an ``OptimizeConfig`` from plain data (a parsed YAML)."""
+    config = _build(OptimizeConfig, data, "")
+    config = dataclasses.replace(config, base_dir=str(base_dir))
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path) -> OptimizeConfig:
+    """Read a YAML file into an ``OptimizeConfig``; errors name the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty")
+    try:
+        return config_from_dict(data, base_dir=path.parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _positive(where: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where}: must be > 0, got {value}")
+
+
+def validate(config: OptimizeConfig) -> None:
+    """Cross-field checks, before anything is compiled or called."""
+    if not config.search_space:
+        raise ConfigError("search_space: name at least one parameter to tune")
+    config.space()
+    obj, opt = config.objective, config.optimizer
+    if obj.type in ("jax", "python") and not obj.target:
+        raise ConfigError(
+            f"objective.target: a {obj.type} objective needs 'module:function' or "
+            "'file.py:function'"
+        )
+    if obj.type == "simulated_llm" and obj.target:
+        raise ConfigError(
+            "objective.target: the simulated_llm objective takes no target"
+        )
+    _positive("objective.timeout_s", obj.timeout_s)
+    _positive("objective.max_workers", obj.max_workers)
+    for name in ("generations", "population_size", "evaluations_per_generation"):
+        _positive(f"optimizer.{name}", getattr(opt, name))
+    _positive("optimizer.batch_size", opt.batch_size)
+    if opt.population_size < 2:
+        raise ConfigError("optimizer.population_size: must be >= 2")
+    if opt.evaluations_per_generation < opt.population_size:
+        raise ConfigError(
+            f"optimizer.evaluations_per_generation ({opt.evaluations_per_generation}) "
+            f"must be >= population_size ({opt.population_size}): every configuration "
+            "is evaluated at least once"
+        )
+    if not 0 <= opt.elites < opt.population_size:
+        raise ConfigError(
+            f"optimizer.elites: must be in [0, population_size), got {opt.elites}"
+        )
+    for name in ("mutation_rate", "crossover_rate"):
+        v = getattr(opt, name)
+        if v is not None and not 0 <= v <= 1:
+            raise ConfigError(f"optimizer.{name}: must be in [0, 1], got {v}")
+    if opt.mutation_std is not None:
+        _positive("optimizer.mutation_std", opt.mutation_std)
+    _positive("output.top_k", config.output.top_k)
+    reward_spec(config)
+
+
+def reward_spec(config: OptimizeConfig) -> RewardSpec:
+    """The reward the config describes; with no metrics, one metric "score" (max)."""
+    metrics = config.metrics or {"score": MetricConfig()}
+    try:
+        specs = {
+            name: MetricSpec(name, m.goal, m.weight, m.min, m.max)
+            for name, m in metrics.items()
+        }
+        return RewardSpec.build(specs, config.objective.failure_reward)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
