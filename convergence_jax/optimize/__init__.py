@@ -1,0 +1,41 @@
+"""Tune any objective with Thompson sampling + evolution: configs, objectives, reports.
+
+``run_optimization(config)`` is the Python entry point and ``convergence-jax optimize``
+the command line; both read the same ``OptimizeConfig``.
+"""
+
+from convergence_jax.optimize.config import (
+    ConfigError,
+    MetricConfig,
+    ObjectiveConfig,
+    OptimizeConfig,
+    OptimizerConfig,
+    OutputConfig,
+    config_from_dict,
+    load_config,
+    reward_spec,
+)
+from convergence_jax.optimize.evaluate import Evaluation, evaluate_batch
+from convergence_jax.optimize.metrics import MetricSpec, RewardSpec
+from convergence_jax.optimize.run import OptimizationResult, run_optimization
+from convergence_jax.optimize.simulated import simulated_llm, simulated_llm_mean
+
+__all__ = [
+    "ConfigError",
+    "Evaluation",
+    "MetricConfig",
+    "MetricSpec",
+    "ObjectiveConfig",
+    "OptimizationResult",
+    "OptimizeConfig",
+    "OptimizerConfig",
+    "OutputConfig",
+    "RewardSpec",
+    "config_from_dict",
+    "evaluate_batch",
+    "load_config",
+    "reward_spec",
+    "run_optimization",
+    "simulated_llm",
+    "simulated_llm_mean",
+]

@@ -1,0 +1,357 @@
+"""``run_optimization``: the thin shell around Thompson sampling + evolution.
+
+It reads a config, builds the optimizer, evaluates the objective, shows progress and
+writes the output folder:
+
+- ``best_config.json``: the best configuration and its posterior mean reward;
+- ``detailed_results.json``: every generation and every evaluation (config, metrics,
+  reward, error);
+- ``report.md`` with ``convergence.png``: the convergence plot and the top
+  configurations.
+
+A JAX objective (and the bundled simulator) runs as one compiled program; a Python
+callable runs on a bounded thread pool between compiled propose/observe/evolve steps,
+and the results are written after every generation, so an interrupted run keeps what it
+finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from convergence_jax.evolution.mab_evolution import mab_evolution
+from convergence_jax.evolution.mab_evolution import run as run_program
+from convergence_jax.optimize.config import (
+    OptimizeConfig,
+    config_from_dict,
+    load_config,
+    reward_spec,
+    validate,
+)
+from convergence_jax.optimize.evaluate import evaluate_batch
+from convergence_jax.optimize.metrics import RewardSpec
+from convergence_jax.optimize.objectives import jax_objective, load_target
+from convergence_jax.optimize.report import write_report
+
+__all__ = ["OptimizationResult", "run_optimization"]
+
+
+@dataclasses.dataclass
+class OptimizationResult:
+    """What a run found, and where it wrote it."""
+
+    best_config: dict[str, Any]
+    best_reward: float
+    """Posterior mean reward of the best configuration."""
+    best_evaluations: int
+    generations: list[dict[str, Any]]
+    output_dir: Path | None
+    seconds: float
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_optimizer(config: OptimizeConfig, reward: RewardSpec):
+    """The mab_evolution optimizer and its params for a config."""
+    opt = config.optimizer
+    me = mab_evolution(
+        config.space(),
+        population_size=opt.population_size,
+        evaluations_per_generation=opt.evaluations_per_generation,
+        batch_size=opt.batch_size,
+        selection=opt.selection,
+        mutation=opt.mutation,
+        crossover=opt.crossover,
+    )
+    ga_params = me.default_params.ga.replace(num_elites=jnp.asarray(opt.elites))
+    overrides = {
+        name: jnp.asarray(getattr(opt, name), jnp.float32)
+        for name in ("mutation_rate", "mutation_std", "crossover_rate")
+        if getattr(opt, name) is not None
+    }
+    ga_params = ga_params.replace(**overrides)
+    params = me.default_params.replace(
+        ga=ga_params,
+        bandit=_prior_for_scale(me.default_params.bandit, reward),
+        failure_reward=jnp.asarray(reward.failure_reward, jnp.float32),
+    )
+    return me, params
+
+
+def _prior_for_scale(bandit_params, reward: RewardSpec):
+    """A weak Normal-Gamma prior on the reward's scale.
+
+    With bounded metrics rewards lie in [0, sum of weights]: the prior mean sits in the
+    middle and the prior noise scale is a tenth of the range, worth one observation.
+    """
+    top = reward.best_reward
+    scale = top if top else 1.0
+    return bandit_params.replace(
+        prior_mean=jnp.asarray(0.5 * scale if top else 0.0, jnp.float32),
+        prior_kappa=jnp.asarray(1e-3, jnp.float32),
+        prior_alpha=jnp.asarray(1.0, jnp.float32),
+        prior_beta=jnp.asarray((0.1 * scale) ** 2, jnp.float32),
+    )
+
+
+def _to_host(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def _generation_record(
+    space, g, ended, evaluations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    population = space.decode(ended["population"])
+    fitness = np.asarray(ended["fitness"], dtype=float)
+    counts = np.asarray(ended["counts"])
+    best = int(np.argmax(fitness))
+    rewards = [e["reward"] for e in evaluations]
+    return {
+        "generation": g,
+        "best_config": population[best],
+        "best_posterior_mean": float(fitness[best]),
+        "best_evaluations": int(counts[best]),
+        "mean_reward": float(np.mean(rewards)),
+        "failures": sum(e["error"] is not None for e in evaluations),
+        "population": [
+            {
+                "arm": i,
+                "config": c,
+                "posterior_mean": float(fitness[i]),
+                "evaluations": int(counts[i]),
+            }
+            for i, c in enumerate(population)
+        ],
+        "evaluations": evaluations,
+    }
+
+
+def _jax_records(space, reward, history, num_generations):
+    """Per-generation records from the scanned history of one compiled run."""
+    records = []
+    for g in range(num_generations):
+        at = jax.tree.map(lambda x, g=g: x[g], history)
+        population = at["population"]
+        evaluations = []
+        for part in (at["first"], at["rounds"]):
+            arms = part["arms"].reshape(-1)
+            rewards = part["rewards"].reshape(-1)
+            metrics = {k: v.reshape(-1) for k, v in part["aux"].items()}
+            configs = space.decode(jax.tree.map(lambda x, a=arms: x[a], population))
+            for j, arm in enumerate(arms):
+                values = {k: float(v[j]) for k, v in metrics.items()}
+                ok = all(math.isfinite(v) for v in values.values())
+                evaluations.append(
+                    {
+                        "arm": int(arm),
+                        "config": configs[j],
+                        "metrics": values,
+                        "reward": float(rewards[j]),
+                        "error": None if ok else "non-finite metric",
+                    }
+                )
+        records.append(_generation_record(space, g, at, evaluations))
+    return records
+
+
+def _run_jax(config, me, params, reward, progress):
+    space = config.space()
+    objective = jax_objective(config, space)
+    names = set(reward.names)
+
+    def scored(key, configs):
+        metrics = objective(key, configs)
+        missing = names - set(metrics)
+        if missing:
+            raise ValueError(
+                f"the objective returned metrics {sorted(metrics)}; the config's "
+                f"metrics {sorted(missing)} are missing"
+            )
+        return reward.combine(metrics), metrics
+
+    bar = tqdm(
+        total=config.optimizer.generations,
+        desc="generations",
+        disable=not progress,
+        unit="gen",
+    )
+
+    def on_generation(generation, best):
+        bar.update(1)
+        bar.set_postfix(best=f"{float(best):.4f}")
+
+    program = jax.jit(
+        lambda key, params: run_program(
+            key,
+            me,
+            params,
+            scored,
+            config.optimizer.generations,
+            has_aux=True,
+            callback=on_generation,
+        )
+    )
+    try:
+        _, history = program(jax.random.key(config.optimizer.seed), params)
+        history = _to_host(history)
+    finally:
+        bar.close()
+    return _jax_records(space, reward, history, config.optimizer.generations)
+
+
+def _run_python(config, me, params, reward, progress, records, on_generation):
+    """Host loop; appends one record per finished generation to ``records``."""
+    space = config.space()
+    fn = load_target(config.objective.target, config.base_dir)
+    single = reward.names[0] if len(reward.names) == 1 else "score"
+    propose = jax.jit(me.propose)
+    observe = jax.jit(me.observe)
+    evolve = jax.jit(me.evolve)
+    state = jax.jit(me.init)(jax.random.key(config.optimizer.seed), params)
+    key = jax.random.fold_in(jax.random.key(config.optimizer.seed), 1)
+
+    def evaluate(arms, key):
+        configs = space.decode(_to_host(me.configs(state, arms)))
+        results = evaluate_batch(
+            fn,
+            configs,
+            max_workers=config.objective.max_workers,
+            timeout_s=config.objective.timeout_s,
+            single_metric=single,
+        )
+        rows = []
+        for arm, r in zip(np.asarray(arms), results, strict=True):
+            error = r.error
+            value = reward.failure_reward
+            if error is None:
+                try:
+                    value = reward.combine_one(r.metrics)
+                except ValueError as e:
+                    error = f"ValueError: {e}"
+            rows.append(
+                {
+                    "arm": int(arm),
+                    "config": r.config,
+                    "metrics": r.metrics,
+                    "reward": value,
+                    "error": error,
+                    "seconds": r.seconds,
+                }
+            )
+        rewards = jnp.asarray([row["reward"] for row in rows], jnp.float32)
+        return observe(key, state, arms, rewards, params), rows
+
+    bar = tqdm(
+        total=config.optimizer.generations,
+        desc="generations",
+        disable=not progress,
+        unit="gen",
+    )
+    try:
+        for g in range(config.optimizer.generations):
+            key, k_first, k_evolve = jax.random.split(key, 3)
+            state, rows = evaluate(jnp.arange(me.population_size), k_first)
+            for _ in range(me.num_rounds):
+                key, k_propose, k_observe = jax.random.split(key, 3)
+                state, more = evaluate(propose(k_propose, state, params), k_observe)
+                rows += more
+            state, ended = evolve(k_evolve, state, params)
+            records.append(_generation_record(space, g, _to_host(ended), rows))
+            on_generation(records)
+            bar.update(1)
+            bar.set_postfix(best=f"{records[-1]['best_posterior_mean']:.4f}")
+    finally:
+        bar.close()
+
+
+def _summary(records):
+    last = records[-1]
+    return last["best_config"], last["best_posterior_mean"], last["best_evaluations"]
+
+
+def _write_results(out, config, me, records, status, seconds):
+    best_config, best_reward, n = _summary(records) if records else (None, None, 0)
+    _atomic_write(
+        out / "best_config.json",
+        json.dumps(
+            {
+                "config": best_config,
+                "posterior_mean_reward": best_reward,
+                "evaluations": n,
+                "generation": len(records) - 1,
+            },
+            indent=2,
+        ),
+    )
+    detail = {
+        "status": status,
+        "seconds": seconds,
+        "config": dataclasses.asdict(config),
+        "evaluations_per_generation": me.evaluations_per_generation,
+        "generations": records,
+    }
+    _atomic_write(out / "detailed_results.json", json.dumps(detail, indent=1))
+
+
+def run_optimization(
+    config: OptimizeConfig | dict | str | Path,
+    *,
+    progress: bool = True,
+    write: bool = True,
+) -> OptimizationResult:
+    """Run Thompson sampling + evolution as a config describes.
+
+    Args:
+      config: an ``OptimizeConfig``, a dict as read from YAML, or a YAML path.
+      progress: show a progress bar.
+      write: write the output folder (``config.output.dir``).
+    """
+    if isinstance(config, str | Path):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
+    else:
+        validate(config)
+    reward = reward_spec(config)
+    me, params = build_optimizer(config, reward)
+    out = Path(config.output.dir) if write else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def checkpoint(records):
+        if out is not None:
+            seconds = time.perf_counter() - start
+            _write_results(out, config, me, records, "running", seconds)
+
+    records: list[dict[str, Any]] = []
+    status = "interrupted"
+    try:
+        if config.objective.type == "python":
+            _run_python(config, me, params, reward, progress, records, checkpoint)
+        else:
+            records += _run_jax(config, me, params, reward, progress)
+        status = "complete"
+    finally:
+        seconds = time.perf_counter() - start
+        if out is not None and records:
+            _write_results(out, config, me, records, status, seconds)
+            if status == "complete":
+                write_report(out, config, records, reward)
+    best_config, best_reward, n = _summary(records)
+    return OptimizationResult(best_config, best_reward, n, records, out, seconds)
