@@ -98,9 +98,10 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
         "",
         f"- objective: `{config.objective.type}`"
         + (f" (`{config.objective.target}`)" if config.objective.target else ""),
-        f"- generations: {len(records)}, population {config.optimizer.population_size}, "
+        f"- generations: {len(records)}, "
+        f"population {config.optimizer.population_size}, "
         f"{n_evals} evaluations ({n_failed} failed)",
-        f"- reward: "
+        "- reward: "
         + " + ".join(f"{m.weight:g} x {m.name} ({m.goal[:3]})" for m in reward.metrics),
         "",
         "## Best configuration",
