@@ -47,8 +47,10 @@ class InitArgs:
     """Output folder the config names."""
     force: bool = False
     """Overwrite an existing file."""
-    interactive: bool | None = None
-    """Ask questions (default: only when stdin is a terminal)."""
+    interactive: bool = False
+    """Ask questions even when stdin is not a terminal."""
+    no_input: bool = False
+    """Never ask questions, even on a terminal (use the flags)."""
 
 
 STARTER = """\
@@ -137,7 +139,7 @@ def _ask(prompt: str, default: str, choices: tuple[str, ...] | None = None) -> s
 
 def init(argv: list[str]) -> int:
     args = tyro.cli(InitArgs, args=argv, prog="convergence-jax init")
-    interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
+    interactive = not args.no_input and (args.interactive or sys.stdin.isatty())
     if interactive:
         objective = _ask(
             "objective type", args.objective, ("simulated_llm", "python", "jax")
@@ -181,7 +183,10 @@ def optimize(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"best configuration (posterior mean reward {result.best_reward:.4f}):")
+    print(
+        f"best configuration (mean reward {result.best_reward:.4f} over "
+        f"{result.best_evaluations} evaluations):"
+    )
     print(json.dumps(result.best_config, indent=2))
     print(f"results in {result.output_dir}/ (report.md, detailed_results.json)")
     return 0

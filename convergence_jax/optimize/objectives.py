@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from convergence_jax.optimize.config import ConfigError, OptimizeConfig
-from convergence_jax.optimize.simulated import MODELS, simulated_llm
+from convergence_jax.optimize.simulated import MODELS, simulated_llm, simulated_llm_mean
 from convergence_jax.spaces import Categorical, SearchSpace
 
-__all__ = ["load_target", "jax_objective"]
+__all__ = ["jax_objective", "load_target", "simulated_objective"]
 
 SIMULATED_DEFAULTS = {
     "temperature": 1.0,
@@ -72,8 +72,12 @@ def load_target(target: str, base_dir: str | Path = ".") -> Callable:
     return fn
 
 
-def _simulated(space: SearchSpace) -> Callable:
-    """Adapt the simulator to a space: fixed defaults for parameters not tuned."""
+def simulated_objective(space: SearchSpace, *, noisy: bool = True) -> Callable:
+    """The simulator on a space's genes; parameters not tuned keep defaults.
+
+    Returns ``f(key, params) -> metrics``, or the noise-free ``f(params) -> metrics``
+    with ``noisy=False``.
+    """
     names = set(space.names)
     unknown = names - set(SIMULATED_DEFAULTS)
     if unknown:
@@ -93,7 +97,7 @@ def _simulated(space: SearchSpace) -> Callable:
         if name in names and isinstance(space[name], Categorical):
             raise ConfigError(f"search_space.{name}: must be a number (float or int)")
 
-    def objective(key, params):
+    def settings(params):
         n = jnp.shape(next(iter(params.values())))
         full = {}
         for name, default in SIMULATED_DEFAULTS.items():
@@ -106,15 +110,17 @@ def _simulated(space: SearchSpace) -> Callable:
             else:
                 value = params.get(name, jnp.full(n, default, jnp.float32))
             full[name] = value
-        return simulated_llm(key, full)
+        return full
 
-    return objective
+    if noisy:
+        return lambda key, params: simulated_llm(key, settings(params))
+    return lambda params: simulated_llm_mean(settings(params))
 
 
 def jax_objective(config: OptimizeConfig, space: SearchSpace) -> Callable:
     """``f(key, configs) -> dict of metric arrays`` for simulated and JAX objectives."""
     if config.objective.type == "simulated_llm":
-        return _simulated(space)
+        return simulated_objective(space)
     fn = load_target(config.objective.target, config.base_dir)
 
     def objective(key: jax.Array, params):

@@ -34,13 +34,6 @@ def plot_convergence(records: list[dict[str, Any]], path: Path) -> None:
         ms=3,
         label="best posterior mean",
     )
-    ax.plot(
-        gens,
-        np.maximum.accumulate([r["best_posterior_mean"] for r in records]),
-        "--",
-        lw=1,
-        label="best so far",
-    )
     ax.set_xlabel("generation")
     ax.set_ylabel("reward")
     ax.set_title("Thompson sampling + evolution")
@@ -52,31 +45,54 @@ def plot_convergence(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def top_configurations(records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """Distinct configurations ranked by their latest posterior mean.
+    """Distinct configurations ranked by all their evaluations over the run.
 
-    Each row has the configuration, its posterior mean, its number of evaluations,
-    the last generation it was in, and the mean of every metric over its evaluations.
+    A configuration can be evaluated in several generations (elites survive) and
+    appear more than once in a population, so its evaluations are pooled. The
+    ranking score is the mean reward shrunk toward the run's mean reward by one
+    pseudo-evaluation, ``(sum + overall_mean) / (n + 1)``, so that one lucky noisy
+    evaluation does not outrank a configuration measured many times. Failed
+    evaluations count with the reward they were given.
+
+    Each row: ``config``, ``score``, ``mean_reward``, ``evaluations``, ``failures``,
+    ``last_generation`` and ``metric_means`` (over successful evaluations).
     """
-    latest: dict[str, dict[str, Any]] = {}
-    metric_sums: dict[str, dict[str, list[float]]] = {}
+    pooled: dict[str, dict[str, Any]] = {}
+    all_rewards = []
     for r in records:
-        for p in r["population"]:
-            latest[json.dumps(p["config"], sort_keys=True)] = {
-                **p,
-                "generation": r["generation"],
-            }
         for e in r["evaluations"]:
+            key = json.dumps(e["config"], sort_keys=True)
+            row = pooled.setdefault(
+                key,
+                {"config": e["config"], "rewards": [], "metrics": {}, "failures": 0},
+            )
+            row["rewards"].append(e["reward"])
+            row["last_generation"] = r["generation"]
+            all_rewards.append(e["reward"])
             if e["error"] is None:
-                sums = metric_sums.setdefault(
-                    json.dumps(e["config"], sort_keys=True), {}
-                )
                 for name, v in e["metrics"].items():
-                    sums.setdefault(name, []).append(v)
-    rows = sorted(latest.values(), key=lambda p: -p["posterior_mean"])[:k]
-    for row in rows:
-        sums = metric_sums.get(json.dumps(row["config"], sort_keys=True), {})
-        row["metric_means"] = {n: float(np.mean(v)) for n, v in sums.items()}
-    return rows
+                    row["metrics"].setdefault(name, []).append(v)
+            else:
+                row["failures"] += 1
+    overall = float(np.mean(all_rewards)) if all_rewards else 0.0
+    rows = []
+    for row in pooled.values():
+        n = len(row["rewards"])
+        rows.append(
+            {
+                "config": row["config"],
+                "score": (float(np.sum(row["rewards"])) + overall) / (n + 1),
+                "mean_reward": float(np.mean(row["rewards"])),
+                "evaluations": n,
+                "failures": row["failures"],
+                "last_generation": row["last_generation"],
+                "metric_means": {
+                    name: float(np.mean(v)) for name, v in row["metrics"].items()
+                },
+            }
+        )
+    rows.sort(key=lambda row: -row["score"])
+    return rows[:k]
 
 
 def _cell(v: Any) -> str:
@@ -88,7 +104,8 @@ def _cell(v: Any) -> str:
 def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> None:
     """Write ``report.md`` and ``convergence.png`` into ``out``."""
     plot_convergence(records, out / "convergence.png")
-    last = records[-1]
+    top = top_configurations(records, config.output.top_k)
+    best = top[0]
     n_evals = sum(len(r["evaluations"]) for r in records)
     n_failed = sum(r["failures"] for r in records)
     names = list(config.space().names)
@@ -107,11 +124,11 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
         "## Best configuration",
         "",
         "```json",
-        json.dumps(last["best_config"], indent=2),
+        json.dumps(best["config"], indent=2),
         "```",
         "",
-        f"Posterior mean reward {last['best_posterior_mean']:.4f} from "
-        f"{last['best_evaluations']} evaluations.",
+        f"Mean reward {best['mean_reward']:.4f} over {best['evaluations']} "
+        f"evaluations (ranking score {best['score']:.4f}).",
         "",
         "## Convergence",
         "",
@@ -125,17 +142,22 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
             f"| {r['generation']} | {r['best_posterior_mean']:.4f} | "
             f"{r['mean_reward']:.4f} | {r['failures']} |"
         )
-    header = ["rank", *names, "posterior mean", "evals", *metric_names]
+    header = ["rank", *names, "score", "mean reward", "evals", *metric_names]
     lines += [
         "",
         f"## Top {config.output.top_k} configurations",
         "",
+        "Distinct configurations, their evaluations pooled over the run, ranked by "
+        "mean reward shrunk toward the run's mean by one pseudo-evaluation "
+        "(score = (sum + overall mean) / (n + 1)); metrics are means over "
+        "successful evaluations.",
+        "",
         "| " + " | ".join(header) + " |",
         "|" + "---:|" * len(header),
     ]
-    for i, row in enumerate(top_configurations(records, config.output.top_k), 1):
+    for i, row in enumerate(top, 1):
         cells = [i, *(row["config"][n] for n in names)]
-        cells += [row["posterior_mean"], row["evaluations"]]
+        cells += [row["score"], row["mean_reward"], row["evaluations"]]
         cells += [row["metric_means"].get(m, float("nan")) for m in metric_names]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     failures = [

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from convergence_jax.evolution.mab_evolution import mab_evolution
-from convergence_jax.evolution.mab_evolution import run as run_program
+from convergence_jax.evolution.mab_evolution import mab_evolution, run_mab_evolution
 from convergence_jax.optimize.config import (
     OptimizeConfig,
     config_from_dict,
@@ -42,7 +41,7 @@ from convergence_jax.optimize.config import (
 from convergence_jax.optimize.evaluate import evaluate_batch
 from convergence_jax.optimize.metrics import RewardSpec
 from convergence_jax.optimize.objectives import jax_objective, load_target
-from convergence_jax.optimize.report import write_report
+from convergence_jax.optimize.report import top_configurations, write_report
 
 __all__ = ["OptimizationResult", "run_optimization"]
 
@@ -53,7 +52,7 @@ class OptimizationResult:
 
     best_config: dict[str, Any]
     best_reward: float
-    """Posterior mean reward of the best configuration."""
+    """Mean reward over the best configuration's evaluations."""
     best_evaluations: int
     generations: list[dict[str, Any]]
     output_dir: Path | None
@@ -196,7 +195,7 @@ def _run_jax(config, me, params, reward, progress):
         bar.set_postfix(best=f"{float(best):.4f}")
 
     program = jax.jit(
-        lambda key, params: run_program(
+        lambda key, params: run_mab_evolution(
             key,
             me,
             params,
@@ -280,8 +279,9 @@ def _run_python(config, me, params, reward, progress, records, on_generation):
 
 
 def _summary(records):
-    last = records[-1]
-    return last["best_config"], last["best_posterior_mean"], last["best_evaluations"]
+    """The best configuration: evaluations pooled over the run (see the report)."""
+    best = top_configurations(records, 1)[0]
+    return best["config"], best["mean_reward"], best["evaluations"]
 
 
 def _write_results(out, config, me, records, status, seconds):
@@ -291,9 +291,9 @@ def _write_results(out, config, me, records, status, seconds):
         json.dumps(
             {
                 "config": best_config,
-                "posterior_mean_reward": best_reward,
+                "mean_reward": best_reward,
                 "evaluations": n,
-                "generation": len(records) - 1,
+                "generations_completed": len(records),
             },
             indent=2,
         ),
