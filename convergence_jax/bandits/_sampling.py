@@ -1,0 +1,548 @@
+"""Fast exact Gamma and Beta sampling for large batches on CPU (and any backend).
+
+Why not ``jax.random.gamma`` / ``jax.random.beta``: they run one
+``lax.while_loop`` per element under ``vmap``, which on CPU costs about 27 s for
+one draw per arm of 1,000,000 bandits x 10 arms. Here every element is handled
+by one fused, branch-free pass, and only the rare rejected elements are retried.
+
+Algorithm
+---------
+* Random bits: a Threefry-2x32 hash (Salmon et al. 2011, "Parallel random
+  numbers: as easy as 1, 2, 3"; 20 rounds, the same function as JAX's default
+  PRNG) of the counter ``(attempt * streams + stream, element)`` under a
+  per-call seed drawn from the caller's key with ``jax.random.bits``. The hash
+  is written as plain ``jnp`` integer ops so that XLA fuses it with the sampling
+  arithmetic, and both 32-bit output words are used.
+* Normals: Box-Muller, ``z = sqrt(-2 log u1) cos(2 pi u2)`` (and ``sin``).
+* Gamma(a), a >= 1: Marsaglia & Tsang (2000), "A simple method for generating
+  gamma variables": with ``d = a - 1/3``, ``c = 1/sqrt(9 d)``, ``v = (1 + c z)^3``,
+  accept ``d v`` when ``v > 0`` and ``log u < z^2/2 + d - d v + d log v``. The
+  test is evaluated as ``z^2/2 + d (3 log1p(c z) - 3 c z - 3 (c z)^2 - (c z)^3)``
+  so it stays accurate in float32 for large ``a`` (the z^2 terms cancel).
+* Gamma(a), a < 1: the boost ``G(a) = G(a + 1) U^(1/a)`` applied in log space,
+  ``log G(a) = log G(a + 1) + log(U) / a``, so tiny ``a`` does not underflow.
+* Beta(a, b) = X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b), computed as
+  ``sigmoid(log X - log Y)``.
+
+Rejections stay exact without depending on luck: after the full pass, the
+positions of rejected elements are compacted (popcount ranks + scatter) into a
+buffer of static size ``ceil(n / 8) + 64`` and only those are retried, level by
+level, down to a small ``lax.while_loop`` that runs until every element has been
+accepted. If a level ever has more rejections than its buffer holds, a full-size
+retry loop runs first (so the result is exact whatever happens; it is just
+slower). Every attempt of every element uses a fresh counter, so accepted values
+are independent draws from the target distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "approx_beta",
+    "approx_normal",
+    "sample_beta",
+    "sample_gamma",
+    "sample_log_gamma",
+    "sample_student_scale",
+    "standard_normal",
+]
+
+_ROT0 = (13, 15, 26, 6)
+_ROT1 = (17, 29, 16, 24)
+# At or below this many elements, retries are a plain while loop over the whole
+# array; above it, rejected elements are compacted into a buffer of n / 8 + 64.
+# (The worst rejection rate, Beta(1, 1), is 9.4% per attempt.)
+_LOOP_SIZE = 2**18
+_BUFFER_DIVISOR = 8
+_TWO_PI = np.float32(2.0 * np.pi)
+
+
+def _rotl(x: jax.Array, r: int) -> jax.Array:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def _threefry2x32(
+    k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with 20 rounds, unrolled so that XLA can fuse it."""
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0 = x0 + ks[0]
+    x1 = x1 + ks[1]
+    for i in range(5):
+        for r in _ROT0 if i % 2 == 0 else _ROT1:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r)
+            x1 = x0 ^ x1
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def _unit_open(bits: jax.Array) -> jax.Array:
+    """uint32 -> float32 in (0, 1], fine-grained near 0 (for logarithms).
+
+    31 bits through a signed conversion (vectorizes; unsigned does not on x86):
+    the smallest value is 2^-32, so Box-Muller normals reach 6.7 sigma.
+    """
+    signed = (bits >> np.uint32(1)).astype(jnp.int32)
+    return (signed.astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-31)
+
+
+def _unit_23(bits: jax.Array) -> jax.Array:
+    """uint32 -> float32 in [0, 1) on a 2^-23 grid (for angles)."""
+    mant = (bits >> np.uint32(9)) | np.uint32(0x3F800000)
+    return lax.bitcast_convert_type(mant, jnp.float32) - np.float32(1.0)
+
+
+class _Bits:
+    """Counter-based random words for one attempt: ``words(stream)`` -> 2 x uint32."""
+
+    def __init__(self, seed: jax.Array, attempt: jax.Array, idx: jax.Array, n: int):
+        self.seed = seed
+        self.attempt = attempt.astype(jnp.uint32)
+        self.idx = idx.astype(jnp.uint32)
+        self.n = n
+
+    def words(self, stream: int) -> tuple[jax.Array, jax.Array]:
+        hi = self.attempt * np.uint32(self.n) + np.uint32(stream)
+        return _threefry2x32(
+            self.seed[0], self.seed[1], jnp.broadcast_to(hi, self.idx.shape), self.idx
+        )
+
+
+# XLA's CPU sin/cos cost ~30 ms per 10M floats and log1p ~8 ms, a large share of
+# the whole sampler; the kernels below are branch-free polynomials on reduced
+# ranges (Cephes' logf; Taylor series to 1e-9), a few ms per 10M.
+_LOGF_COEFFS = (
+    7.0376836292e-2,
+    -1.1514610310e-1,
+    1.1676998740e-1,
+    -1.2420140846e-1,
+    1.4249322787e-1,
+    -1.6668057665e-1,
+    2.0000714765e-1,
+    -2.4999993993e-1,
+    3.3333331174e-1,
+)
+
+
+def _log(x: jax.Array) -> jax.Array:
+    """Natural log for positive, finite, normal float32 (Cephes logf, ~1 ulp)."""
+    ix = lax.bitcast_convert_type(x, jnp.int32)
+    e = (ix >> 23) - 126
+    m = lax.bitcast_convert_type((ix & 0x007FFFFF) | 0x3F000000, jnp.float32)
+    small = m < np.float32(0.70710678)
+    e = jnp.where(small, e - 1, e).astype(jnp.float32)
+    m = jnp.where(small, m + m, m) - np.float32(1.0)
+    z = m * m
+    poly = np.float32(_LOGF_COEFFS[0])
+    for coeff in _LOGF_COEFFS[1:]:
+        poly = poly * m + np.float32(coeff)
+    y = m * z * poly + e * np.float32(-2.12194440e-4) - np.float32(0.5) * z
+    return m + y + e * np.float32(0.693359375)
+
+
+def _log1p(w: jax.Array) -> jax.Array:
+    """log(1 + w) for w > -1 (finite), accurate for small |w|."""
+    y = np.float32(1.0) + w
+    # y - 1 is exact; the rounding error of 1 + w is corrected to first order.
+    return _log(y) + (w - (y - np.float32(1.0))) / y
+
+
+def _sincos_turn(bits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cos t, sin t) for an angle t uniform on a 2^-24 turn grid, from uint32 bits.
+
+    The top two bits pick the quadrant; the next 22 give phi in [-pi/4, pi/4).
+    """
+    quadrant = bits >> np.uint32(30)
+    frac = ((bits << np.uint32(2)) >> np.uint32(10)).astype(jnp.int32)
+    phi = (frac.astype(jnp.float32) + np.float32(0.5 - 2**21)) * np.float32(
+        (np.pi / 2) * 2.0**-22
+    )
+    p2 = phi * phi
+    sin = phi * (
+        1
+        + p2
+        * (
+            np.float32(-1 / 6)
+            + p2
+            * (
+                np.float32(1 / 120)
+                + p2 * (np.float32(-1 / 5040) + p2 * np.float32(1 / 362880))
+            )
+        )
+    )
+    cos = 1 + p2 * (
+        np.float32(-1 / 2)
+        + p2
+        * (
+            np.float32(1 / 24)
+            + p2
+            * (
+                np.float32(-1 / 720)
+                + p2 * (np.float32(1 / 40320) + p2 * np.float32(-1 / 3628800))
+            )
+        )
+    )
+    odd = (quadrant & np.uint32(1)) == 1
+    c = jnp.where(odd, sin, cos)
+    s = jnp.where(odd, cos, sin)
+    cos_neg = ((quadrant + np.uint32(1)) >> np.uint32(1)) == 1
+    sin_neg = quadrant >= 2
+    return jnp.where(cos_neg, -c, c), jnp.where(sin_neg, -s, s)
+
+
+def _box_muller(w0: jax.Array, w1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two independent N(0, 1) from two uint32 words (Box & Muller 1958)."""
+    radius = jnp.sqrt(np.float32(-2.0) * _log(_unit_open(w0)))
+    cos, sin = _sincos_turn(w1)
+    return radius * cos, radius * sin
+
+
+def _mt_log_gamma(
+    alpha: jax.Array, z: jax.Array, log_u_accept: jax.Array, log_u_boost
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One Marsaglia-Tsang attempt in log space.
+
+    Returns ``(log d, 3 log1p(c z) + boost, accepted)`` so that callers can
+    combine ``log d`` terms accurately; ``log G = log d + second``. The boost
+    ``log(U) / alpha`` is added when ``alpha < 1`` (pass 0 to leave it out).
+    """
+    boost = alpha < 1
+    a1 = jnp.where(boost, alpha + 1, alpha)
+    d = a1 - np.float32(1.0 / 3.0)
+    c = lax.rsqrt(np.float32(9.0) * d)
+    w = c * z
+    ok = w > -1
+    log1p_w = _log1p(jnp.where(ok, w, 0))
+    # log(u) < z^2/2 + d - d v + d log v with v = (1 + w)^3, rearranged so the
+    # O(z^2) parts cancel analytically instead of numerically.
+    bound = np.float32(0.5) * z * z + d * (
+        np.float32(3.0) * (log1p_w - w) - w * w * (np.float32(3.0) + w)
+    )
+    accept = ok & (log_u_accept < bound)
+    rest = np.float32(3.0) * log1p_w + jnp.where(boost, log_u_boost / alpha, 0)
+    return d, rest, accept
+
+
+# ----------------------------------------------------------------------------------
+# Generic exact rejection driver with compacted retries. A proposal returns one
+# float32 array in which +inf marks a rejected attempt (no accepted value is ever
+# +inf): a single output keeps the whole attempt in one XLA fusion (with two
+# outputs XLA evaluated the hash twice).
+
+_REJECTED = np.float32(np.inf)
+
+
+def _compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Positions of the True entries of 1-D ``mask`` (first ``size``), padded with n.
+
+    Also returns how many entries are True. Ranks come from popcounts of 32-bit
+    packed words (cheap, elementwise) plus a cumsum over n/32 word counts; one
+    scatter then places each selected position at its rank.
+    """
+    n = mask.shape[0]
+    padded = -(-n // 32) * 32
+    m = jnp.pad(mask, (0, padded - n)).reshape(-1, 32).astype(jnp.uint32)
+    shifts = lax.iota(jnp.uint32, 32)
+    words = jnp.sum(m << shifts, axis=1, dtype=jnp.uint32)
+    counts = lax.population_count(words).astype(jnp.int32)
+    ends = jnp.cumsum(counts)
+    below = words[:, None] & ((jnp.uint32(1) << shifts) - np.uint32(1))
+    rank = (ends - counts)[:, None] + lax.population_count(below).astype(jnp.int32)
+    target = jnp.where(mask, rank.reshape(-1)[:n], size)
+    pos = (
+        jnp.full((size,), n, jnp.int32)
+        .at[target]
+        .set(lax.iota(jnp.int32, n), mode="drop", unique_indices=True)
+    )
+    return pos, ends[-1]
+
+
+_STREAMS = 4  # counter streams reserved per attempt (a proposal uses at most 4)
+
+
+def _attempt(propose, seed, params, idx, attempt):
+    # The barrier ties the parameters to the (loop-variant) attempt counter, so
+    # XLA cannot hoist per-element work such as rsqrt(9 d) out of retry loops:
+    # hoisting would materialize several full-size arrays and cost more than it
+    # saves. It also keeps the proposal in one fusion, evaluated once.
+    params, idx, attempt = lax.optimization_barrier((params, idx, attempt))
+    value = propose(params, _Bits(seed, attempt, idx, _STREAMS))
+    return lax.optimization_barrier(value)
+
+
+def _retry(propose, seed, params, idx, value, attempt):
+    """Redraw the rejected entries of ``value`` once, with a fresh attempt number."""
+    new_value = _attempt(propose, seed, params, idx, attempt)
+    return jnp.where(value == _REJECTED, new_value, value), attempt + 1
+
+
+def _solve(propose, seed, params, idx, valid, attempt):
+    """Exact draws for the elements ``idx`` (``valid`` marks the real ones)."""
+    n = idx.shape[0]
+    value = _attempt(propose, seed, params, idx, attempt)
+    value = jnp.where(valid, value, 0)
+    attempt = attempt + 1
+    if n <= _LOOP_SIZE:
+        value, attempt = lax.while_loop(
+            lambda c: jnp.any(c[0] == _REJECTED),
+            lambda c: _retry(propose, seed, params, idx, *c),
+            (value, attempt),
+        )
+        return value, attempt
+    size = -(-n // _BUFFER_DIVISOR) + 64
+    pos, count = _compact(value == _REJECTED, size)
+
+    # Overflow fallback (practically never taken): full-size retries until the
+    # rejected elements fit the buffer. Exactness never depends on luck.
+    def overflow_body(carry):
+        value, attempt, _, _ = carry
+        value, attempt = _retry(propose, seed, params, idx, value, attempt)
+        return (value, attempt, *_compact(value == _REJECTED, size))
+
+    value, attempt, pos, count = lax.while_loop(
+        lambda c: c[3] > size, overflow_body, (value, attempt, pos, count)
+    )
+    sub_valid = pos < n
+    safe = jnp.where(sub_valid, pos, 0)
+    sub_params = tuple(p[safe] for p in params)
+    sub_value, attempt = _solve(
+        propose, seed, sub_params, idx[safe], sub_valid, attempt
+    )
+    value = value.at[pos].set(sub_value, mode="drop", unique_indices=True)
+    return value, attempt
+
+
+def _seed(key: jax.Array, name: str) -> jax.Array:
+    """Two uint32 words that seed the counter-based hash, drawn from ``key``."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"{name}: expected one PRNG key, got a key array of shape {key.shape}"
+                " (vmap over keys instead)"
+            )
+    elif not (
+        isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    ):
+        raise TypeError(
+            f"{name}: key must be a PRNG key from jax.random.key(seed), got "
+            f"{type(key).__name__} {getattr(key, 'dtype', '')}"
+        )
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def _run(propose, key: jax.Array, params: tuple[jax.Array, ...], name: str):
+    shape = jnp.broadcast_shapes(*(p.shape for p in params))
+    seed = _seed(key, name)
+    n = math.prod(shape)
+    if n == 0:
+        return jnp.zeros(shape, jnp.float32)
+    if n >= 2**31:
+        raise ValueError(f"{name}: too many elements at once: {n} (max 2**31 - 1)")
+    flat = tuple(jnp.broadcast_to(p, shape).reshape(-1) for p in params)
+    idx = lax.iota(jnp.int32, n)
+    value, _ = _solve(propose, seed, flat, idx, jnp.ones((n,), bool), jnp.uint32(0))
+    return value.reshape(shape)
+
+
+def _valid_shape(a: jax.Array) -> jax.Array:
+    return (a > 0) & (a < np.float32(np.inf))
+
+
+def _propose_log_gamma(params, bits: _Bits) -> jax.Array:
+    (alpha,) = params
+    z, _ = _box_muller(*bits.words(0))
+    w2, w3 = bits.words(1)
+    log_u = _log(_unit_open(w2))
+    d, rest, accept = _mt_log_gamma(alpha, z, log_u, _log(_unit_open(w3)))
+    value = jnp.where(accept, _log(d) + rest, _REJECTED)
+    return jnp.where(_valid_shape(alpha), value, np.float32(np.nan))
+
+
+def _propose_student(params, bits: _Bits) -> jax.Array:
+    """``z / sqrt(G)`` with z ~ N(0, 1), G ~ Gamma(alpha): a scaled Student-t."""
+    (alpha,) = params
+    z, z_mean = _box_muller(*bits.words(0))
+    w2, w3 = bits.words(1)
+    log_u = _log(_unit_open(w2))
+    d, rest, accept = _mt_log_gamma(alpha, z, log_u, _log(_unit_open(w3)))
+    # exp(-log G / 2) capped so that even absurd alpha (< 1e-30) stays finite.
+    scale = jnp.exp(jnp.minimum(np.float32(-0.5) * (_log(d) + rest), 80.0))
+    value = jnp.where(accept, z_mean * scale, _REJECTED)
+    return jnp.where(_valid_shape(alpha), value, np.float32(np.nan))
+
+
+def _propose_beta(params, bits: _Bits) -> jax.Array:
+    a, b = params
+    z_a, z_b = _box_muller(*bits.words(0))
+    u_a, u_b = bits.words(1)
+    v_a, v_b = bits.words(2)
+    log_va, log_vb = _log(_unit_open(v_a)), _log(_unit_open(v_b))
+    zero = np.float32(0.0)
+    d_x, rest_x, ok_x = _mt_log_gamma(a, z_a, _log(_unit_open(u_a)), zero)
+    d_y, rest_y, ok_y = _mt_log_gamma(b, z_b, _log(_unit_open(u_b)), zero)
+    # Boost terms log(U)/a for a < 1; they can both be -inf for absurdly small
+    # shapes (< ~1e-37), where the order of log(U_a)/a and log(U_b)/b decides.
+    boost_x = jnp.where(a < 1, log_va / a, zero)
+    boost_y = jnp.where(b < 1, log_vb / b, zero)
+    boost = boost_x - boost_y
+    tie_break = jnp.where(log_va * b < log_vb * a, -jnp.inf, jnp.inf)
+    boost = jnp.where(jnp.isnan(boost), tie_break, boost)
+    # log(d_x / d_y) rather than log d_x - log d_y: one rounding, not two.
+    logit = jnp.log(d_x / d_y) + (rest_x - rest_y) + boost
+    value = jnp.where(ok_x & ok_y, jax.nn.sigmoid(logit), _REJECTED)
+    return jnp.where(_valid_shape(a) & _valid_shape(b), value, np.float32(np.nan))
+
+
+# ----------------------------------------------------------------------------------
+# Public functions.
+
+
+def _as_f32(x, name: str, fn: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+    ):
+        raise TypeError(f"{fn}: {name} must be a real array, got dtype {x.dtype}")
+    x = x.astype(jnp.float32)
+    if not isinstance(x, jax.core.Tracer):
+        bad = ~((x > 0) & jnp.isfinite(x))
+        if bool(jnp.any(bad)):
+            raise ValueError(
+                f"{fn}: {name} must be > 0 and finite; got {x[bad].reshape(-1)[0]}"
+                " (under jit such entries give NaN instead)"
+            )
+    return x
+
+
+def sample_log_gamma(key: jax.Array, a) -> jax.Array:
+    """Exact ``log G`` with ``G ~ Gamma(a, 1)``; float32 with the shape of ``a``.
+
+    Unlike ``log(sample_gamma(key, a))`` this stays finite for tiny ``a`` (say
+    1e-20), where ``G`` itself underflows to 0 in float32.
+    """
+    a = _as_f32(a, "a", "sample_log_gamma")
+    return _run(_propose_log_gamma, key, (a,), "sample_log_gamma")
+
+
+def sample_gamma(key: jax.Array, a) -> jax.Array:
+    """Exact draws ``G ~ Gamma(a, 1)`` (shape ``a`` > 0, unit scale); float32.
+
+    Args:
+      key: a typed PRNG key (``jax.random.key(seed)``).
+      a: shape parameters, any shape; the output has the same shape.
+
+    Returns:
+      float32 array of ``a``'s shape. For a rate ``r`` use ``sample_gamma(key, a) / r``.
+
+    Eager calls reject ``a <= 0`` / non-finite ``a`` with ``ValueError``; under
+    ``jit`` such entries come out as NaN. See the module docstring for the
+    algorithm (Marsaglia-Tsang with the log-space boost for ``a < 1``).
+    """
+    a = _as_f32(a, "a", "sample_gamma")
+    return jnp.exp(_run(_propose_log_gamma, key, (a,), "sample_gamma"))
+
+
+def sample_beta(key: jax.Array, a, b) -> jax.Array:
+    """Exact draws ``X ~ Beta(a, b)``; float32 with shape ``broadcast(a, b)``.
+
+    Args:
+      key: a typed PRNG key (``jax.random.key(seed)``).
+      a, b: positive parameters, broadcast against each other.
+
+    ``X = sigmoid(log G_a - log G_b)`` with independent exact Gamma draws, so
+    the result is exact for any ``a, b > 0`` including ``a, b < 1``. Eager calls
+    reject bad parameters with ``ValueError``; under ``jit`` they give NaN.
+    """
+    a = _as_f32(a, "a", "sample_beta")
+    b = _as_f32(b, "b", "sample_beta")
+    return _run(_propose_beta, key, (a, b), "sample_beta")
+
+
+def sample_student_scale(key: jax.Array, alpha) -> jax.Array:
+    """Exact ``z / sqrt(G)`` with ``z ~ N(0, 1)``, ``G ~ Gamma(alpha, 1)``.
+
+    ``sqrt(alpha) * z / sqrt(G)`` is Student-t with ``2 alpha`` degrees of
+    freedom; the Normal-Gamma posterior draw of a mean is
+    ``mu_n + sqrt(beta_n / kappa_n) * sample_student_scale(key, alpha_n)``.
+    """
+    alpha = _as_f32(alpha, "alpha", "sample_student_scale")
+    return _run(_propose_student, key, (alpha,), "sample_student_scale")
+
+
+def _materialized(fn, seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``fn()`` computed as the body of a one-trip while loop, for large outputs.
+
+    XLA:CPU fuses an elementwise producer into a following row reduction (the
+    argmax of ``select``) and then evaluates it unvectorized, about 3x slower;
+    ``optimization_barrier`` is removed before fusion on CPU. A loop whose trip
+    count XLA cannot see (it is 1 for every seed) makes the output a buffer.
+    """
+    if math.prod(shape) < 2**16:
+        return fn()
+    one = jnp.minimum(seed[0] | np.uint32(1), np.uint32(1)).astype(jnp.int32)
+    _, out = lax.while_loop(
+        lambda c: c[0] < one,
+        lambda c: (c[0] + 1, fn()),
+        (jnp.int32(0), jnp.zeros(shape, jnp.float32)),
+    )
+    return out
+
+
+def _normal_from_seed(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    n = math.prod(shape)
+    if n >= 2**31:
+        raise ValueError(f"too many elements at once: {n} (max 2**31 - 1)")
+    idx = lax.iota(jnp.uint32, n)
+    w0, w1 = _threefry2x32(seed[0], seed[1], jnp.zeros_like(idx), idx)
+    z, _ = _box_muller(w0, w1)
+    return z.reshape(shape)
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """N(0, 1) float32 draws from the same fused Threefry + Box-Muller kernel.
+
+    About 5x faster than ``jax.random.normal`` on CPU (no rolled hash loop and
+    no ``erfinv``); the angle has 2^-24 resolution and |z| reaches 6.7.
+    """
+    return _normal_from_seed(_seed(key, "standard_normal"), tuple(shape))
+
+
+def approx_beta(key: jax.Array, a, b) -> jax.Array:
+    """Moment-matched normal approximation of Beta(a, b), clipped to [0, 1].
+
+    ``clip(m + s z, 0, 1)`` with ``m = a / (a + b)`` and
+    ``s^2 = a b / ((a + b)^2 (a + b + 1))``. Not exact: use it when speed matters
+    more than the tails (posteriors with many observations are close to normal).
+    """
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    seed = _seed(key, "approx_beta")
+
+    def draw():
+        total = a + b
+        mean = a / total
+        std = jnp.sqrt(a * b / (total * total * (total + np.float32(1.0))))
+        z = _normal_from_seed(seed, shape)
+        return jnp.clip(mean + std * z, 0.0, 1.0)
+
+    return _materialized(draw, seed, shape)
+
+
+def approx_normal(key: jax.Array, mean, std) -> jax.Array:
+    """``mean + std * z`` with z ~ N(0, 1); float32, shape ``broadcast(mean, std)``."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    shape = jnp.broadcast_shapes(mean.shape, std.shape)
+    seed = _seed(key, "approx_normal")
+    return _materialized(
+        lambda: mean + std * _normal_from_seed(seed, shape), seed, shape
+    )
