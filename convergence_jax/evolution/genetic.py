@@ -23,6 +23,7 @@ evaluated population the new ``state.population``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -63,6 +64,22 @@ class GAParams:
     min_sigma: jax.Array  # lower clip of adapted step sizes
     max_sigma: jax.Array  # upper clip of adapted step sizes
     init_std: jax.Array  # spread of the initial population around a pytree template
+
+
+def _typed_replace(self, **updates):
+    """``dataclasses.replace`` that keeps each field's dtype for Python numbers.
+
+    ``params.replace(mutation_std=0.2)`` then gives a float32 array like the default,
+    so a jitted run sees the same types and does not recompile.
+    """
+    for name, value in updates.items():
+        old = getattr(self, name)
+        if isinstance(value, int | float) and hasattr(old, "dtype"):
+            updates[name] = jnp.asarray(value, old.dtype)
+    return dataclasses.replace(self, **updates)
+
+
+GAParams.replace = _typed_replace
 
 
 @struct.dataclass

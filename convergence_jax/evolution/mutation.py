@@ -69,11 +69,13 @@ def perturb(key, population, steps, params, genes, *, dropout_rate=None):
             zero = min(max(0.0, gene.low), gene.high)
             x = jnp.where(dropped, jnp.asarray(zero, x.dtype), x)
         step = G.broadcast_rows(steps * gene.scale, gene).astype(dtype)
-        delta = jnp.where(mutate, step * z, jnp.zeros((), dtype))
         if gene.kind == "float" and not gene.log and not gene.bounded:
+            delta = jnp.where(mutate, step * z, jnp.zeros((), dtype))
             out.append((x + delta).astype(gene.dtype))
         else:
-            out.append(G.finish(gene, G.to_search(gene, x) + delta))
+            # Genes that do not mutate stay bit-exact (exp(log(x)) may not be x).
+            stepped = G.finish(gene, G.to_search(gene, x) + step * z)
+            out.append(jnp.where(mutate, stepped, x))
     return genes.unflatten(out)
 
 
