@@ -42,6 +42,7 @@ __all__ = [
     "MabEvolutionParams",
     "MabEvolutionState",
     "mab_evolution",
+    "reward_prior",
     "run_mab_evolution",
 ]
 
@@ -70,6 +71,22 @@ class MabEvolutionState:
     @property
     def population(self):
         return self.ga.population
+
+
+def reward_prior(bandit_params, center: float, scale: float):
+    """A weak Normal-Gamma prior for rewards of a known scale.
+
+    The prior mean is ``center`` with the weight of a thousandth of an observation
+    (``prior_kappa = 1e-3``), and the prior guess of the noise standard deviation is
+    a tenth of ``scale`` worth two pseudo-observations (``prior_alpha = 1``,
+    ``prior_beta = (0.1 scale)^2``). The defaults assume rewards of order [0, 1].
+    """
+    return bandit_params.replace(
+        prior_mean=jnp.asarray(center, jnp.float32),
+        prior_kappa=jnp.asarray(1e-3, jnp.float32),
+        prior_alpha=jnp.asarray(1.0, jnp.float32),
+        prior_beta=jnp.asarray((0.1 * scale) ** 2, jnp.float32),
+    )
 
 
 class MabEvolution(NamedTuple):
@@ -147,9 +164,12 @@ def mab_evolution(
     )
     ts = bandits.BANDITS[bandit](num_arms=population_size)
     num_rounds = (evaluations_per_generation - population_size) // batch_size
+    bandit_params = ts.default_params
+    if bandit == "gaussian":
+        bandit_params = reward_prior(bandit_params, center=0.5, scale=1.0)
     default_params = MabEvolutionParams(
         ga=ga.default_params,
-        bandit=ts.default_params,
+        bandit=bandit_params,
         failure_reward=jnp.asarray(0.0, jnp.float32),
     )
 

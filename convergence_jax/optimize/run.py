@@ -30,7 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from convergence_jax.evolution.mab_evolution import mab_evolution, run_mab_evolution
+from convergence_jax.evolution.mab_evolution import (
+    mab_evolution,
+    reward_prior,
+    run_mab_evolution,
+)
 from convergence_jax.optimize.config import (
     OptimizeConfig,
     config_from_dict,
@@ -93,19 +97,11 @@ def build_optimizer(config: OptimizeConfig, reward: RewardSpec):
 
 
 def _prior_for_scale(bandit_params, reward: RewardSpec):
-    """A weak Normal-Gamma prior on the reward's scale.
-
-    With bounded metrics rewards lie in [0, sum of weights]: the prior mean sits in the
-    middle and the prior noise scale is a tenth of the range, worth one observation.
-    """
+    """With bounded metrics rewards lie in [0, sum of weights]; else assume [-1, 1]."""
     top = reward.best_reward
-    scale = top if top else 1.0
-    return bandit_params.replace(
-        prior_mean=jnp.asarray(0.5 * scale if top else 0.0, jnp.float32),
-        prior_kappa=jnp.asarray(1e-3, jnp.float32),
-        prior_alpha=jnp.asarray(1.0, jnp.float32),
-        prior_beta=jnp.asarray((0.1 * scale) ** 2, jnp.float32),
-    )
+    if top:
+        return reward_prior(bandit_params, center=0.5 * top, scale=top)
+    return reward_prior(bandit_params, center=0.0, scale=1.0)
 
 
 def _to_host(tree):

@@ -132,13 +132,16 @@ def test_thompson_allocation_concentrates_on_good_arms():
     state = me.init(jax.random.key(0), me.default_params)
     params = me.default_params
     quality = jnp.linspace(0.0, 1.0, 8)
-    key = jax.random.key(1)
-    state = me.observe(key, state, jnp.arange(8), quality, params)
-    for i in range(40):
-        k1, k2, key = jax.random.split(jax.random.fold_in(key, i), 3)
+    state = me.observe(jax.random.key(1), state, jnp.arange(8), quality, params)
+
+    def one_round(state, key):
+        k1, k2 = jax.random.split(key)
         arms = me.propose(k1, state, params)
         rewards = quality[arms] + 0.1 * jax.random.normal(k2, arms.shape)
-        state = me.observe(k2, state, arms, rewards, params)
+        return me.observe(k2, state, arms, rewards, params), None
+
+    keys = jax.random.split(jax.random.key(2), 40)
+    state, _ = jax.jit(lambda s: jax.lax.scan(one_round, s, keys))(state)
     counts = np.asarray(state.counts)
     assert counts[7] + counts[6] > 0.6 * counts.sum()
 
