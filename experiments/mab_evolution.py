@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
-from convergence_jax.evolution.mab_evolution import mab_evolution, run_mab_evolution
+from convergence_jax.evolution.mab import mab_evolution, run_mab_evolution
 from convergence_jax.optimize import load_config, reward_spec
 from convergence_jax.optimize.objectives import jax_objective, simulated_objective
 from convergence_jax.optimize.run import build_optimizer

@@ -19,6 +19,14 @@ from convergence_jax.evolution.genetic import (
     make_run,
     run,
 )
+from convergence_jax.evolution.mab import (
+    MabEvolution,
+    MabEvolutionParams,
+    MabEvolutionState,
+    mab_evolution,
+    reward_prior,
+    run_mab_evolution,
+)
 from convergence_jax.evolution.mutation import MUTATION
 from convergence_jax.evolution.selection import SELECTION
 
@@ -27,6 +35,9 @@ __all__ = [
     "GA",
     "GAParams",
     "GAState",
+    "MabEvolution",
+    "MabEvolutionParams",
+    "MabEvolutionState",
     "Gene",
     "Genes",
     "MUTATION",
@@ -35,8 +46,11 @@ __all__ = [
     "crossover",
     "default_params",
     "ga",
+    "mab_evolution",
     "make_run",
     "mutation",
+    "reward_prior",
     "run",
+    "run_mab_evolution",
     "selection",
 ]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from convergence_jax.evolution.mab_evolution import (
+from convergence_jax.evolution.mab import (
     mab_evolution,
     reward_prior,
     run_mab_evolution,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convergence_jax.evolution.mab_evolution import mab_evolution, run_mab_evolution
+from convergence_jax.evolution.mab import mab_evolution, run_mab_evolution
 from convergence_jax.spaces import SearchSpace
 
 SPACE = SearchSpace.from_dict(
