@@ -1,5 +1,7 @@
 """The GA: ask/tell semantics, elitism, NaN, 1/5th rule, run programs, bad input."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +13,21 @@ P = 8
 
 
 def told(ga, prm, fitness, population=None, seed=0):
-    """State after init (optionally seeded) and one tell of ``fitness``."""
-    state = ga.init(jax.random.key(seed), prm, population=population)
-    pop, state = ga.ask(jax.random.key(seed + 1), state, prm)
-    state, metrics = ga.tell(jax.random.key(seed + 2), pop, fitness, state, prm)
-    return state, metrics
+    """State after init (optionally seeded) and one tell of ``fitness`` (jitted)."""
+    return _told(ga, prm, jnp.asarray(fitness, jnp.float32), population, seed)
+
+
+@partial(jax.jit, static_argnums=0)
+def _first_generation(ga, prm, fitness, population, seed):
+    key = jax.random.key(seed)
+    state = ga.init(key, prm, population=population)
+    pop, state = ga.ask(jax.random.fold_in(key, 1), state, prm)
+    return ga.tell(jax.random.fold_in(key, 2), pop, fitness, state, prm)
+
+
+def _told(ga, prm, fitness, population, seed):
+    ga.check_params(prm)  # init cannot check traced params
+    return _first_generation(ga, prm, fitness, population, seed)
 
 
 def test_first_ask_returns_the_initial_population(net):
@@ -213,12 +225,11 @@ def test_run_accepts_static_ga_and_a_seed_population(net):
         )
 
     run = jax.jit(evolution.run, static_argnums=(1, 3, 4))
-    state, metrics = run(jax.random.key(0), ga, ga.default_params, fitness, 3)
-    assert metrics["best_fitness"].shape == (3,)
     seed = jax.tree.map(lambda x: jnp.zeros((P, *x.shape)), net)
-    state, metrics = evolution.run(
-        jax.random.key(0), ga, ga.default_params, fitness, 1, population=seed
+    state, metrics = run(
+        jax.random.key(0), ga, ga.default_params, fitness, 3, population=seed
     )
+    assert metrics["best_fitness"].shape == (3,)
     assert float(metrics["best_fitness"][0]) == 0.0  # generation 0 evaluates the seed
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from convergence_jax import evolution
 
-P, GENERATIONS, DIM, SEEDS = 32, 40, 10, 16
+P, GENERATIONS, DIM, SEEDS = 32, 30, 10, 12
 BUDGET = P * GENERATIONS  # generation 0 evaluates the initial population
 LOW, HIGH = -5.12, 5.12
 
@@ -41,7 +41,7 @@ def test_ga_beats_random_search_on_benchmark_functions(fn):
     ours = np.asarray(jax.jit(jax.vmap(lambda k: ga_best(k, fn, ga)))(keys))
     rand = np.asarray(jax.jit(jax.vmap(lambda k: random_search(k, fn)))(keys))
     # paired over seeds: the GA wins nearly always and by a wide margin
-    assert np.mean(ours < rand) >= 14 / 16, (ours, rand)
+    assert np.mean(ours < rand) >= 11 / 12, (ours, rand)
     assert np.median(ours) < 0.5 * np.median(rand), (ours, rand)
 
 
@@ -69,5 +69,5 @@ def test_ga_beats_random_search_on_a_mixed_search_space(space):
     ours, rand = jax.jit(jax.vmap(both))(jax.random.split(jax.random.key(1), SEEDS))
     optimum = 0.5
     regret_ours, regret_rand = optimum - np.asarray(ours), optimum - np.asarray(rand)
-    assert np.mean(regret_ours < regret_rand) >= 13 / 16, (regret_ours, regret_rand)
+    assert np.mean(regret_ours < regret_rand) >= 10 / 12, (regret_ours, regret_rand)
     assert np.median(regret_ours) < 0.5 * np.median(regret_rand)
