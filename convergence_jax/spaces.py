@@ -119,7 +119,12 @@ class Float:
         return out
 
     def from_array(self, values: np.ndarray) -> list[float]:
-        return [float(v) for v in np.clip(values, self.low, self.high)]
+        values = np.clip(values, self.low, self.high).astype(values.dtype)
+        if values.dtype == np.float32:
+            # Genes are float32: report the shortest decimal that is the same float32
+            # (0.5921713, not 0.592171311378479); it encodes back to the same gene.
+            return [float(str(v)) for v in values]
+        return [float(v) for v in values]
 
     def to_dict(self) -> dict:
         return {"type": "float", "min": self.low, "max": self.high, "log": self.log}

@@ -120,3 +120,12 @@ def test_parameters_can_be_given_as_objects():
     assert SearchSpace.from_dict(space.to_dict()) == space
     with pytest.raises(SpaceError, match="duplicate"):
         SearchSpace((Float("a", 0, 1), Int("a", 0, 3)))
+
+
+def test_float32_genes_decode_to_short_decimals_that_round_trip(space):
+    batch = space.sample(jax.random.key(5), 100)
+    configs = space.decode(batch)
+    again = space.encode(configs)
+    for name in ("temperature", "lr"):
+        np.testing.assert_array_equal(again[name].astype(np.float32), batch[name])
+        assert all(len(repr(c[name])) <= 16 for c in configs)
