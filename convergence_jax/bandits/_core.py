@@ -149,7 +149,10 @@ def check_k(where: str, k, num_arms: int) -> None:
     if k is None:
         return
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise TypeError(f"{where}: k must be a static int or None, got {k!r}")
+        raise TypeError(
+            f"{where}: k must be a static int or None, got {k!r} (under jit, mark it "
+            "static: jax.jit(algo.select, static_argnames='k'))"
+        )
     if not 1 <= k <= num_arms:
         raise ValueError(f"{where}: k must be in [1, num_arms={num_arms}], got {k}")
 

@@ -468,9 +468,11 @@ def _propose_beta(params, bits: _Bits) -> jax.Array:
     return jnp.where(_valid_shape(a) & _valid_shape(b), value, np.float32(np.nan))
 
 
-_draw_log_gamma = _make_draw(_propose_log_gamma)
-_draw_beta = _make_draw(_propose_beta)
-_draw_student = _make_draw(_propose_student)
+# jit-wrapped so that eager calls reuse one executable per shape (inside an outer
+# jit they are simply inlined).
+_draw_log_gamma = jax.jit(_make_draw(_propose_log_gamma))
+_draw_beta = jax.jit(_make_draw(_propose_beta))
+_draw_student = jax.jit(_make_draw(_propose_student))
 
 
 # ----------------------------------------------------------------------------------
