@@ -3,17 +3,18 @@
 Why not ``jax.random.gamma`` / ``jax.random.beta``: they run one
 ``lax.while_loop`` per element under ``vmap``, which on CPU costs about 27 s for
 one draw per arm of 1,000,000 bandits x 10 arms. Here every element is handled
-by one fused, branch-free pass, and only the rare rejected elements are retried.
+by one fused, branch-free pass, and only the few rejected elements are retried.
 
 Algorithm
 ---------
 * Random bits: a Threefry-2x32 hash (Salmon et al. 2011, "Parallel random
   numbers: as easy as 1, 2, 3"; 20 rounds, the same function as JAX's default
-  PRNG) of the counter ``(attempt * streams + stream, element)`` under a
-  per-call seed drawn from the caller's key with ``jax.random.bits``. The hash
-  is written as plain ``jnp`` integer ops so that XLA fuses it with the sampling
-  arithmetic, and both 32-bit output words are used.
-* Normals: Box-Muller, ``z = sqrt(-2 log u1) cos(2 pi u2)`` (and ``sin``).
+  PRNG) of the counter ``(attempt * 4 + stream, element)``, keyed by
+  ``threefry(key, constant)``. The hash is plain ``jnp`` integer code, so XLA fuses
+  it with the arithmetic below, and both 32-bit output words are used (JAX's CPU
+  lowering runs the hash as a rolled loop and keeps one word in two).
+* Normals: Box-Muller, ``z = sqrt(-2 log u1) (cos, sin)(2 pi u2)``, with
+  polynomial ``log`` (Cephes) and ``sin``/``cos`` (XLA's cost ~10x more on CPU).
 * Gamma(a), a >= 1: Marsaglia & Tsang (2000), "A simple method for generating
   gamma variables": with ``d = a - 1/3``, ``c = 1/sqrt(9 d)``, ``v = (1 + c z)^3``,
   accept ``d v`` when ``v > 0`` and ``log u < z^2/2 + d - d v + d log v``. The
@@ -24,14 +25,16 @@ Algorithm
 * Beta(a, b) = X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b), computed as
   ``sigmoid(log X - log Y)``.
 
-Rejections stay exact without depending on luck: after the full pass, the
-positions of rejected elements are compacted (popcount ranks + scatter) into a
-buffer of static size ``ceil(n / 8) + 64`` and only those are retried, level by
-level, down to a small ``lax.while_loop`` that runs until every element has been
-accepted. If a level ever has more rejections than its buffer holds, a full-size
-retry loop runs first (so the result is exact whatever happens; it is just
-slower). Every attempt of every element uses a fresh counter, so accepted values
-are independent draws from the target distribution.
+Exact rejection without luck: an attempt that is rejected (at most 9.4% of
+elements, for Beta(1, 1)) is redrawn with a fresh counter until accepted, so
+every output is an independent draw from the target law. After one full pass the
+rejected positions are compacted (popcount ranks + one scatter) into a buffer of
+static size ``ceil(n / 8) + 64`` and only those are redrawn, level by level, down
+to at most 16,384 elements, where two attempts are fused into one pass and a
+``lax.while_loop`` finishes the rare leftovers. If a level's rejections ever
+overflow its buffer, the full pass simply repeats (on the rejected elements)
+until they fit. Under ``vmap`` a custom batching rule flattens the batch into one
+such problem with per-element seeds instead of batching the loops.
 """
 
 from __future__ import annotations
@@ -55,10 +58,10 @@ __all__ = [
 
 _ROT0 = (13, 15, 26, 6)
 _ROT1 = (17, 29, 16, 24)
-# At or below this many elements, retries are a plain while loop over the whole
-# array; above it, rejected elements are compacted into a buffer of n / 8 + 64.
-# (The worst rejection rate, Beta(1, 1), is 9.4% per attempt.)
-_LOOP_SIZE = 2**18
+# At or below this many elements: _SMALL_ATTEMPTS fused attempts, then a while
+# loop over the whole array; above it, rejected elements are compacted into a
+# buffer of n / 8 + 64 (the worst rejection rate, Beta(1, 1), is 9.4% per attempt).
+_TINY_SIZE = 16384
 _BUFFER_DIVISOR = 8
 _SMALL_ATTEMPTS = 2
 _TWO_PI = np.float32(2.0 * np.pi)
@@ -290,7 +293,7 @@ def _retry(propose, params, idx, value, attempt):
 def _solve(propose, params, idx, valid, attempt):
     """Exact draws for the elements ``idx`` (``valid`` marks the real ones)."""
     n = idx.shape[0]
-    if n <= _LOOP_SIZE:
+    if n <= _TINY_SIZE:
         # Small arrays (e.g. one bandit's arms): loop overhead, not arithmetic,
         # dominates, so make _SMALL_ATTEMPTS attempts in one pass and keep each
         # element's first accepted one. The loop then rarely runs (worst case
@@ -313,22 +316,27 @@ def _solve(propose, params, idx, valid, attempt):
             (value, attempt),
         )
         return value, attempt
-    value = _attempt(propose, params, idx, attempt)
-    value = jnp.where(valid, value, 0)
-    attempt = attempt + 1
-    size = -(-n // _BUFFER_DIVISOR) + 64
-    pos, count = _compact(value == _REJECTED, size)
 
-    # Overflow fallback (practically never taken): full-size retries until the
-    # rejected elements fit the buffer. Exactness never depends on luck.
-    def overflow_body(carry):
+    # One full pass, then the rejected elements (<= 9.4% expected) are compacted
+    # into a buffer of n / 8 + 64 and solved recursively. The pass is the body of
+    # a while loop that repeats it (redrawing only rejected elements) while the
+    # rejections do not fit the buffer: practically never, but exactness never
+    # depends on luck. One kernel instance per level keeps compile time down.
+    size = -(-n // _BUFFER_DIVISOR) + 64
+
+    def full_pass(carry):
         value, attempt, _, _ = carry
         value, attempt = _retry(propose, params, idx, value, attempt)
+        value = jnp.where(valid, value, 0)
         return (value, attempt, *_compact(value == _REJECTED, size))
 
-    value, attempt, pos, count = lax.while_loop(
-        lambda c: c[3] > size, overflow_body, (value, attempt, pos, count)
+    start = (
+        jnp.full((n,), _REJECTED),
+        attempt,
+        jnp.zeros((size,), jnp.int32),
+        jnp.int32(size + 1),
     )
+    value, attempt, pos, _ = lax.while_loop(lambda c: c[3] > size, full_pass, start)
     sub_valid = pos < n
     safe = jnp.where(sub_valid, pos, 0)
     sub_params = tuple(p[safe] for p in params)

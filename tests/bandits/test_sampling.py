@@ -93,8 +93,8 @@ def test_standard_normal_matches_scipy():
 
 
 def test_large_array_path_with_compaction_is_exact():
-    # > _LOOP_SIZE elements: one full pass, rejected elements compacted and redrawn.
-    n = 2 * _sampling._LOOP_SIZE
+    # > _TINY_SIZE elements: one full pass, rejected elements compacted and redrawn.
+    n = 2 * _sampling._TINY_SIZE
     a = jnp.where(jnp.arange(n) % 2 == 0, 1.0, 0.3)
     b = jnp.where(jnp.arange(n) % 2 == 0, 1.0, 4.0)
     x = np.asarray(jax.jit(bandits.sample_beta)(jax.random.key(5), a, b))
@@ -106,7 +106,7 @@ def test_buffer_overflow_fallback_is_exact(monkeypatch):
     # A buffer far too small for the ~9% rejections of Beta(1, 1) forces the
     # full-size retry loop; the result must still be exact.
     monkeypatch.setattr(_sampling, "_BUFFER_DIVISOR", 100_000)
-    n = _sampling._LOOP_SIZE + 1000
+    n = _sampling._TINY_SIZE + 1000
     draw = _sampling._make_draw(_sampling._propose_beta)
     seed = jnp.array([7, 9], jnp.uint32)
     x = jax.jit(draw)(seed[0], seed[1], jnp.ones((n,)), jnp.ones((n,)))
