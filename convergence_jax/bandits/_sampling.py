@@ -275,24 +275,31 @@ _STREAMS = 4  # counter streams reserved per attempt (a proposal uses at most 4)
 # one flat call can serve many independently seeded problems (see the vmap rule).
 
 
-def _attempt(propose, params, idx, attempt):
+def _attempt(propose, params, idx, attempt, n: int):
+    """One attempt for every element; ``idx=None`` means elements ``0..n-1``."""
     # The barrier ties the parameters to the (loop-variant) attempt counter, so
     # XLA cannot hoist per-element work such as rsqrt(9 d) out of retry loops:
     # hoisting would materialize several full-size arrays and cost more than it
     # saves.
     params, idx, attempt = lax.optimization_barrier((params, idx, attempt))
+    if idx is None:
+        idx = lax.iota(jnp.int32, n)  # computed inside the fused kernel, never stored
     return propose(params[2:], _Bits(params[:2], attempt, idx, _STREAMS))
 
 
 def _retry(propose, params, idx, value, attempt):
     """Redraw the rejected entries of ``value`` once, with a fresh attempt number."""
-    new_value = _attempt(propose, params, idx, attempt)
+    new_value = _attempt(propose, params, idx, attempt, value.shape[0])
     return jnp.where(value == _REJECTED, new_value, value), attempt + 1
 
 
-def _solve(propose, params, idx, valid, attempt):
-    """Exact draws for the elements ``idx`` (``valid`` marks the real ones)."""
-    n = idx.shape[0]
+def _solve(propose, params, idx, valid, attempt, n: int):
+    """Exact draws for ``n`` elements.
+
+    ``params`` are ``(k0, k1, *distribution_params)``, each a scalar or ``[n]``;
+    ``idx`` (``[n]`` element numbers, or None for ``0..n-1``) and the attempt number
+    form the hash counter; ``valid`` (None: all) marks padding in sub-problems.
+    """
     if n <= _TINY_SIZE:
         # Small arrays (e.g. one bandit's arms): loop overhead, not arithmetic,
         # dominates, so make _SMALL_ATTEMPTS attempts in one pass and keep each
@@ -307,8 +314,9 @@ def _solve(propose, params, idx, valid, attempt):
                 value = jnp.where(value == _REJECTED, propose(dist_params, more), value)
             return value
 
-        value = _attempt(first_accepted, params, idx, attempt)
-        value = jnp.where(valid, value, 0)
+        value = _attempt(first_accepted, params, idx, attempt, n)
+        if valid is not None:
+            value = jnp.where(valid, value, 0)
         attempt = attempt + r
         value, attempt = lax.while_loop(
             lambda c: jnp.any(c[0] == _REJECTED),
@@ -318,29 +326,32 @@ def _solve(propose, params, idx, valid, attempt):
         return value, attempt
 
     # One full pass, then the rejected elements (<= 9.4% expected) are compacted
-    # into a buffer of n / 8 + 64 and solved recursively. The pass is the body of
-    # a while loop that repeats it (redrawing only rejected elements) while the
-    # rejections do not fit the buffer: practically never, but exactness never
-    # depends on luck. One kernel instance per level keeps compile time down.
+    # into a buffer of n / 8 + 64 and solved recursively. If they ever do not fit
+    # (practically never), the pass repeats on the rejected elements until they
+    # do: exactness never depends on luck.
     size = -(-n // _BUFFER_DIVISOR) + 64
 
-    def full_pass(carry):
+    def compact(value):
+        if valid is not None:
+            value = jnp.where(valid, value, 0)
+        return (value, *_compact(value == _REJECTED, size))
+
+    value, pos, count = compact(_attempt(propose, params, idx, attempt, n))
+    attempt = attempt + 1
+
+    def overflow(carry):
         value, attempt, _, _ = carry
         value, attempt = _retry(propose, params, idx, value, attempt)
-        value = jnp.where(valid, value, 0)
-        return (value, attempt, *_compact(value == _REJECTED, size))
+        return (*compact(value)[:1], attempt, *compact(value)[1:])
 
-    start = (
-        jnp.full((n,), _REJECTED),
-        attempt,
-        jnp.zeros((size,), jnp.int32),
-        jnp.int32(size + 1),
+    value, attempt, pos, _ = lax.while_loop(
+        lambda c: c[3] > size, overflow, (value, attempt, pos, count)
     )
-    value, attempt, pos, _ = lax.while_loop(lambda c: c[3] > size, full_pass, start)
     sub_valid = pos < n
     safe = jnp.where(sub_valid, pos, 0)
-    sub_params = tuple(p[safe] for p in params)
-    sub_value, attempt = _solve(propose, sub_params, idx[safe], sub_valid, attempt)
+    sub_params = tuple(p[safe] if p.ndim else p for p in params)
+    sub_idx = safe if idx is None else idx[safe]
+    sub_value, attempt = _solve(propose, sub_params, sub_idx, sub_valid, attempt, size)
     value = value.at[pos].set(sub_value, mode="drop", unique_indices=True)
     return value, attempt
 
@@ -395,10 +406,15 @@ def _make_draw(propose):
             return jnp.zeros(shape, jnp.float32)
         if n >= 2**31:
             raise ValueError(f"too many elements to sample at once: {n} (max 2**31-1)")
-        flat = tuple(jnp.broadcast_to(x, shape).reshape(-1) for x in (k0, k1, *params))
-        idx = lax.iota(jnp.int32, n)
-        valid = jnp.ones((n,), bool)
-        value, _ = _solve(propose, flat, idx, valid, jnp.uint32(0))
+        # Full-size inputs are flattened (free); scalars stay scalars and are
+        # broadcast inside the kernel instead of being stored n times.
+        flat = tuple(
+            x.reshape(())
+            if x.size == 1
+            else (x if x.shape == shape else jnp.broadcast_to(x, shape)).reshape(-1)
+            for x in (k0, k1, *params)
+        )
+        value, _ = _solve(propose, flat, None, None, jnp.uint32(0), n)
         return value.reshape(shape)
 
     @draw.def_vmap

@@ -55,7 +55,7 @@ def test_thompson_sampling_regret_near_lai_robbins_and_beats_baselines(instance)
 
 
 def test_lai_robbins_value_by_hand():
-    # Two arms 0.3 / 0.7: Delta = 0.4, KL(0.3 || 0.7) = 0.4 ln(3/7) * -1 ...
+    # Two arms 0.3 / 0.7: Delta = 0.4, KL(0.3 || 0.7) = 0.3 ln(3/7) + 0.7 ln(7/3).
     kl = 0.3 * np.log(0.3 / 0.7) + 0.7 * np.log(0.7 / 0.3)
     expected = 0.4 / kl * np.log(HORIZON)
     assert bandits.lai_robbins_regret([0.3, 0.7], HORIZON) == pytest.approx(expected)
