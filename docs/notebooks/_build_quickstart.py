@@ -1,21 +1,36 @@
-"""Build docs/notebooks/quickstart.ipynb from these cells: python docs/notebooks/_build_quickstart.py"""
+"""Build docs/notebooks/quickstart.ipynb from these cells.
+
+python docs/notebooks/_build_quickstart.py
+"""
+
 import nbformat as nbf
 
 cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+
+
+def md(source: str) -> None:
+    cells.append(nbf.v4.new_markdown_cell(source.strip()))
+
+
+def code(source: str) -> None:
+    cells.append(nbf.v4.new_code_cell(source.strip()))
+
 
 md("""
 # convergence_jax quickstart
 
-Thompson sampling, genetic algorithms and their combination — the self-evolving optimizer
-of *The Convergence* — as pure JAX functions. This notebook runs on a CPU in about a
-minute. `SMALL = True` (the default, used by the test suite) keeps every run short.
+Thompson sampling, genetic algorithms and their combination — the self-evolving
+optimizer of *The Convergence* — as pure JAX functions. This notebook runs on a CPU in
+about a minute. `SMALL = True` (the default, used by the test suite) keeps every run
+short.
 """)
 code("""
 # On Colab: set REPO to the git URL of your convergence_jax checkout; the cell
 # installs it when the library is not importable yet (it does nothing locally).
-import importlib.util, subprocess, sys
+import importlib.util
+import subprocess
+import sys
+
 REPO = ""  # e.g. "git+https://github.com/<you>/convergence_jax"
 if importlib.util.find_spec("convergence_jax") is None:
     if not REPO:
@@ -82,10 +97,12 @@ print(f"mean cumulative regret after {horizon} rounds: {cumulative[-1]:.1f}")
 """)
 code("""
 import matplotlib.pyplot as plt
-plt.figure(figsize=(5, 3))
-plt.plot(cumulative)
-plt.xlabel("round"); plt.ylabel("mean cumulative regret"); plt.xscale("log")
-plt.title("Thompson sampling: regret grows like log T"); plt.grid(alpha=0.3)
+
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(cumulative)
+ax.set(xlabel="round", ylabel="mean cumulative regret", xscale="log")
+ax.set_title("Thompson sampling: regret grows like log T")
+ax.grid(alpha=0.3)
 plt.show()
 """)
 md("""
@@ -104,7 +121,8 @@ ga = evolution.ga(jnp.zeros(dim), population_size=pop, maximize=False)
 ga_params = ga.default_params.replace(init_std=jnp.float32(3.0))
 run = jax.jit(jax.vmap(lambda key: evolution.run(key, ga, ga_params, rastrigin, gens)))
 final_state, metrics = run(jax.random.split(jax.random.key(2), 8))
-print("best Rastrigin value per seed:", np.round(np.asarray(final_state.best_fitness), 2))
+best_values = np.round(np.asarray(final_state.best_fitness), 2)
+print("best Rastrigin value per seed:", best_values)
 """)
 md("""
 ## 4. Thompson sampling + evolution
@@ -131,8 +149,13 @@ def objective(key, configs):
 me = evolution.mab_evolution(space, population_size=16, evaluations_per_generation=64)
 params = me.default_params
 generations = 6 if SMALL else 20
-run = jax.jit(jax.vmap(
-    lambda key: evolution.run_mab_evolution(key, me, params, objective, generations)[1]))
+run = jax.jit(
+    jax.vmap(
+        lambda key: evolution.run_mab_evolution(
+            key, me, params, objective, generations
+        )[1]
+    )
+)
 history = run(jax.random.split(jax.random.key(3), 8))     # 8 seeds in one call
 best = jax.vmap(lambda pop, i: jax.tree.map(lambda x: x[-1, i], pop))(
     history["population"], history["best_index"][:, -1])
@@ -167,6 +190,7 @@ print(result.best_config, round(result.best_reward, 4))
 """)
 code("""
 from IPython.display import Image, Markdown, display
+
 display(Image("runs/notebook/convergence.png"))
 report = open("runs/notebook/report.md").read()
 display(Markdown(report.replace("![convergence](convergence.png)", "")))
@@ -174,6 +198,9 @@ display(Markdown(report.replace("![convergence](convergence.png)", "")))
 
 nb = nbf.v4.new_notebook()
 nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                  "language_info": {"name": "python"}, "colab": {"provenance": []}}
+nb["metadata"] = {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+    "colab": {"provenance": []},
+}
 nbf.write(nb, "docs/notebooks/quickstart.ipynb")
