@@ -220,7 +220,8 @@ def _run_python(config, me, params, reward, progress, records, on_generation):
     state = jax.jit(me.init)(jax.random.key(config.optimizer.seed), params)
     key = jax.random.fold_in(jax.random.key(config.optimizer.seed), 1)
 
-    def evaluate(arms, key):
+    def evaluate(state, arms, key):
+        """Evaluate ``arms`` on the host and feed the rewards to the posteriors."""
         configs = space.decode(_to_host(me.configs(state, arms)))
         results = evaluate_batch(
             fn,
@@ -260,10 +261,11 @@ def _run_python(config, me, params, reward, progress, records, on_generation):
     try:
         for g in range(config.optimizer.generations):
             key, k_first, k_evolve = jax.random.split(key, 3)
-            state, rows = evaluate(jnp.arange(me.population_size), k_first)
+            state, rows = evaluate(state, jnp.arange(me.population_size), k_first)
             for _ in range(me.num_rounds):
                 key, k_propose, k_observe = jax.random.split(key, 3)
-                state, more = evaluate(propose(k_propose, state, params), k_observe)
+                arms = propose(k_propose, state, params)
+                state, more = evaluate(state, arms, k_observe)
                 rows += more
             state, ended = evolve(k_evolve, state, params)
             records.append(_generation_record(space, g, _to_host(ended), rows))
