@@ -103,9 +103,11 @@ def restore(directory: str | Path, like: Any, step: int | None = None) -> Any:
     with _manager(directory) as manager:
         stored = manager.restore(step, args=ocp.args.StandardRestore(target))
     return jax.tree.map(
-        lambda x, data: jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        if _is_key(x)
-        else data,
+        lambda x, data: (
+            jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+            if _is_key(x)
+            else data
+        ),
         like,
         stored,
     )

@@ -265,6 +265,11 @@ def _check_config(config: PPOConfig, action_space) -> bool:
             raise ValueError(
                 f"PPOConfig.{name}: expected > 0, got {getattr(config, name)}"
             )
+    for name in ("clip_eps", "ent_coef", "vf_coef"):
+        if not getattr(config, name) >= 0:
+            raise ValueError(
+                f"PPOConfig.{name}: expected >= 0, got {getattr(config, name)}"
+            )
     for name in ("gamma", "gae_lambda"):
         if not 0 <= getattr(config, name) <= 1:
             raise ValueError(
@@ -321,6 +326,10 @@ def _update_stats(stats: ObsStats, obs, sharded: bool) -> ObsStats:
     return ObsStats(mean=mean, var=m2 / total, count=total)
 
 
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def _split_keys(keys, num: int):
     """Per-environment split: ``[E]`` keys -> ``num`` arrays of ``[E]`` keys."""
     split = jax.vmap(lambda k: jax.random.split(k, num))(keys)
@@ -368,8 +377,9 @@ def make_ppo(config: PPOConfig) -> PPO:
         """Adam step size of update ``step``: linear decay to 0 when annealing."""
         if not config.anneal_lr:
             return hparams.learning_rate
-        return hparams.learning_rate * (
-            1.0 - step.astype(jnp.float32) / config.num_updates
+        # Floored at 0: continuing past num_updates keeps the step size at 0.
+        return hparams.learning_rate * jnp.maximum(
+            0.0, 1.0 - step.astype(jnp.float32) / config.num_updates
         )
 
     def to_env_action(raw):
@@ -390,7 +400,7 @@ def make_ppo(config: PPOConfig) -> PPO:
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
         obs = obs.reshape(config.num_envs, -1).astype(jnp.float32)
         dim = obs.shape[-1]
-        return TrainState(
+        state = TrainState(
             params=params,
             opt_state=optimizer(hparams).init(params),
             obs_stats=ObsStats(
@@ -402,6 +412,12 @@ def make_ppo(config: PPOConfig) -> PPO:
             obs=obs,
             keys=keys,
             step=jnp.zeros((), jnp.int32),
+        )
+        # Strong types throughout (gymnax counters are weakly typed Python ints), so
+        # a state restored from a checkpoint has the same types and reuses the
+        # compiled program.
+        return jax.tree.map(
+            lambda x: x if _is_key(x) else jnp.asarray(x, x.dtype), state
         )
 
     def act(params, obs, key):

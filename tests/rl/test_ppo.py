@@ -151,12 +151,12 @@ def test_four_devices_equal_one_device_on_the_same_global_batch():
 
 
 def test_resumed_run_continues_exactly(tmp_path):
-    config = rl.PPOConfig(total_timesteps=4 * 32 * 6, num_envs=4, num_steps=32)
+    config = rl.PPOConfig(total_timesteps=4 * 32 * 4, num_envs=4, num_steps=32)
     ppo = rl.make_ppo(config)
     hp = ppo.default_hparams
     run = jax.jit(ppo.run, static_argnums=2)
     start = ppo.init(jax.random.key(7), hp)
-    full, full_metrics = run(start, hp, 6)
+    full, full_metrics = run(start, hp, 4)  # uninterrupted
 
     half, _ = run(start, hp, 2)
     checkpoint.save(tmp_path / "ckpt", half, step=2)
@@ -165,7 +165,7 @@ def test_resumed_run_continues_exactly(tmp_path):
         tmp_path / "ckpt", like=ppo.init(jax.random.key(0), hp)
     )
     assert int(restored.step) == 2
-    resumed, resumed_metrics = run(restored, hp, 4)
+    resumed, resumed_metrics = run(restored, hp, 2)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
