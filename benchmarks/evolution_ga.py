@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from _machine import machine_info
+from _worker import JsonWorker, summarize, worker_env
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -275,52 +276,16 @@ def peer_python(args) -> str:
     return str(python)
 
 
-class Worker:
+class Worker(JsonWorker):
     def __init__(self, kind, python, args):
-        env = dict(os.environ)
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # two GPU processes
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT.parent), env.get("PYTHONPATH", "")]
-        )
-        self.proc = subprocess.Popen(
-            [
-                python, __file__, "--worker", kind,
-                "--population", str(args.population),
-                "--dim", str(args.dim),
-                "--generations", str(args.generations),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        self.info = self._read()
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmark worker died (see its stderr above)")
-        return json.loads(line)
-
-    def ask(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-
-
-def summarize(values):
-    return {
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
+        env = worker_env()
+        argv = [
+            python, __file__, "--worker", kind,
+            "--population", str(args.population),
+            "--dim", str(args.dim),
+            "--generations", str(args.generations),
+        ]  # fmt: skip
+        super().__init__(argv, env)
 
 
 def tune_and_evaluate(worker, sweep, tune_seeds, eval_seeds):

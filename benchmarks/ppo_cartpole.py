@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from _machine import machine_info
+from _worker import JsonWorker, summarize, worker_env
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -420,54 +421,18 @@ def rejax_packages() -> list[str]:
     ]
 
 
-class Worker:
+class Worker(JsonWorker):
     def __init__(self, kind, python, args):
-        env = dict(os.environ)
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # two GPU processes
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT.parent), env.get("PYTHONPATH", "")]
-        )
+        env = worker_env()
         if kind == "sb3":
             threads = str(args.torch_threads)
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        self.proc = subprocess.Popen(
-            [
-                python, __file__, "--worker", kind,
-                "--config", json.dumps(args.config),
-                "--torch-threads", str(args.torch_threads),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        self.info = self._read()
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmark worker died (see its stderr above)")
-        return json.loads(line)
-
-    def ask(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self):
-        self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-
-
-def summarize(values):
-    return {
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
+        argv = [
+            python, __file__, "--worker", kind,
+            "--config", json.dumps(args.config),
+            "--torch-threads", str(args.torch_threads),
+        ]  # fmt: skip
+        super().__init__(argv, env)
 
 
 def timed_runs(workers, repeats, seeds):
