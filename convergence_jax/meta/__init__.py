@@ -1,0 +1,1 @@
+"""Meta-evolution (work in progress)."""
