@@ -25,8 +25,14 @@ from convergence_jax.optimize.metrics import MetricSpec, RewardSpec
 from convergence_jax.spaces import SearchSpace, SpaceError
 
 __all__ = [
+    "ApiConfig",
+    "AuthConfig",
     "ConfigError",
+    "JudgeConfig",
     "MetricConfig",
+    "PriceConfig",
+    "PricingConfig",
+    "ResponseConfig",
     "ObjectiveConfig",
     "OptimizeConfig",
     "OptimizerConfig",
@@ -43,23 +49,140 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """How requests authenticate; the token is read from the environment only."""
+
+    type: Literal["bearer", "header", "none"] | None = None
+    """bearer: 'Authorization: Bearer TOKEN'; header: 'HEADER: TOKEN'; none. Unset:
+    none, or bearer with the openai_chat preset."""
+    token_env: str | None = None
+    """Environment variable holding the token (the token itself is never written)."""
+    header: str = "Authorization"
+    """Header name for type header (e.g. X-API-Key)."""
+
+
+@dataclass(frozen=True)
+class ResponseConfig:
+    """Where the answer and the token usage are in the JSON response (dotted paths,
+    list indices as numbers: choices.0.message.content)."""
+
+    text: str = "text"
+    """The answer the judge scores."""
+    input_tokens: str | None = None
+    """Prompt tokens used (for cost_usd), e.g. usage.prompt_tokens."""
+    output_tokens: str | None = None
+    """Completion tokens used (for cost_usd), e.g. usage.completion_tokens."""
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    """USD per million tokens."""
+
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    """Token prices for cost_usd: a default and optional per-model prices."""
+
+    input_per_million: float = 0.0
+    """USD per million prompt tokens."""
+    output_per_million: float = 0.0
+    """USD per million completion tokens."""
+    models: dict[str, PriceConfig] = field(default_factory=dict)
+    """Prices by the value of the parameter model_param (e.g. per model name)."""
+    model_param: str = "model"
+    """Search-space parameter (or request field) whose value picks the price."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """An HTTP endpoint objective (objective.type: http)."""
+
+    preset: Literal["openai_chat"] | None = None
+    """openai_chat: POST {base_url}/chat/completions with every tuned parameter in
+    the body, the test case's input as the user message, usage priced."""
+    base_url: str | None = None
+    """Base URL for a preset, e.g. https://api.openai.com/v1."""
+    endpoint: str | None = None
+    """Full URL of the endpoint (without a preset)."""
+    method: Literal["GET", "POST", "PUT", "PATCH"] = "POST"
+    """HTTP method; GET sends the rendered request as query parameters."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra request headers (no secrets: use auth.token_env)."""
+    request: Annotated[dict[str, Any], tyro.conf.Suppress] = field(default_factory=dict)
+    """JSON body template; strings may hold {param} and {test-case field}
+    placeholders; a string that is exactly one placeholder keeps the value's type."""
+    response: ResponseConfig = field(default_factory=ResponseConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    request_timeout_s: float = 30.0
+    """Seconds before one request is abandoned (and retried)."""
+    retries: int = 3
+    """Retries after a 429, a 5xx, a timeout or a connection error."""
+    backoff_s: float = 0.5
+    """First retry delay; doubles each retry, with full jitter."""
+    backoff_max_s: float = 10.0
+    """Longest retry delay (also caps a Retry-After header)."""
+    max_concurrency: int | None = None
+    """Requests in flight at once (default: objective.max_workers)."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How an answer is scored into quality in [0, 1] (mean over test cases)."""
+
+    type: Literal["exact", "contains", "regex", "json_field", "python", "llm"] = "exact"
+    """exact / contains / regex (the case's expected is the pattern) / json_field
+    (the answer is JSON; field equals expected) / python (target(answer, case) ->
+    score) / llm (an OpenAI-compatible chat endpoint grades the answer)."""
+    ignore_case: bool = False
+    """exact, contains, regex: compare case-insensitively."""
+    field: str | None = None
+    """json_field: dotted path in the answer's JSON."""
+    target: str | None = None
+    """python: 'module:function' or 'file.py:function', f(answer, case) -> [0, 1]."""
+    base_url: str | None = None
+    """llm: base URL of an OpenAI-compatible API (…/v1)."""
+    model: str | None = None
+    """llm: the judging model."""
+    token_env: str | None = None
+    """llm: environment variable with the judge's API key (none when unset)."""
+    prompt: str | None = None
+    """llm: the grading prompt with {input}, {expected} and {answer}; the reply's
+    first number is the score (divided by score_max)."""
+    score_max: float = 1.0
+    """llm: the top of the score scale the prompt asks for."""
+
+
+@dataclass(frozen=True)
 class ObjectiveConfig:
     """What is being optimized."""
 
-    type: Literal["simulated_llm", "jax", "python"] = "simulated_llm"
+    type: Literal["simulated_llm", "jax", "python", "http"] = "simulated_llm"
     """simulated_llm: the bundled LLM-API simulator (no network); jax: a vectorized JAX
     function f(key, params) -> metrics, run inside one compiled program; python: a
-    plain callable f(config) -> metrics, run on a thread pool."""
+    plain callable f(config) -> metrics, run on a thread pool; http: an HTTP endpoint
+    called once per test case (see api, test_cases, judge)."""
     target: str | None = None
     """'module:function' or 'file.py:function' (relative to the config file) for jax
     and python objectives."""
     timeout_s: float = 60.0
-    """python objectives: seconds before a call is recorded as timed out."""
+    """python and http objectives: seconds before an evaluation (for http: all its
+    test cases, retries included) is recorded as timed out."""
     max_workers: int = 4
-    """python objectives: calls evaluated at the same time."""
+    """python and http objectives: evaluations run at the same time."""
     failure_reward: float | None = None
     """Reward of a failed evaluation; defaults to 0, the worst reward, when every
     metric has min and max."""
+    api: ApiConfig = field(default_factory=ApiConfig)
+    """http: the endpoint, request template and response fields."""
+    test_cases: str | None = None
+    """http: a JSON file (relative to the config file): a list of test cases, objects
+    whose fields fill the request's placeholders, with 'expected' for the judge."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """http: how an answer is scored (quality)."""
 
 
 @dataclass(frozen=True)
@@ -269,10 +392,12 @@ def validate(config: OptimizeConfig) -> None:
             f"objective.target: a {obj.type} objective needs 'module:function' or "
             "'file.py:function'"
         )
-    if obj.type == "simulated_llm" and obj.target:
-        raise ConfigError(
-            "objective.target: the simulated_llm objective takes no target"
-        )
+    if obj.type in ("simulated_llm", "http") and obj.target:
+        raise ConfigError(f"objective.target: the {obj.type} objective takes no target")
+    if obj.type == "http":
+        from convergence_jax.optimize.http import check_http_config
+
+        check_http_config(config)
     _positive("objective.timeout_s", obj.timeout_s)
     _positive("objective.max_workers", obj.max_workers)
     for name in ("generations", "population_size", "evaluations_per_generation"):

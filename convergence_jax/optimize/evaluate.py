@@ -3,6 +3,9 @@
 A call that raises is recorded with its error; a call that runs past ``timeout_s`` is
 recorded as timed out and abandoned (its daemon thread is left to finish on its own and
 its slot is handed to the next evaluation), so one hanging call never stalls the run.
+
+A callable may return ``Result(metrics, notes)`` to attach notes to a successful
+evaluation (the HTTP objective notes the faults it retried).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["Evaluation", "evaluate_batch"]
+__all__ = ["Evaluation", "Result", "evaluate_batch"]
+
+
+class Result(NamedTuple):
+    """Metrics with notes (e.g. faults that were retried), returned by an objective."""
+
+    metrics: Any
+    notes: list[str]
 
 
 @dataclass
@@ -27,6 +37,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,16 +69,19 @@ def _as_metrics(result: Any, single_metric: str) -> dict[str, float]:
 def _run_one(fn, index, config, single_metric, out: queue.Queue) -> None:
     start = time.perf_counter()
     try:
-        metrics = _as_metrics(fn(dict(config)), single_metric)
+        result, notes = fn(dict(config)), []
+        if isinstance(result, Result):
+            result, notes = result.metrics, list(result.notes)
+        metrics = _as_metrics(result, single_metric)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise ValueError(f"metrics {bad} are not finite: {metrics}")
-        out.put((index, metrics, None, time.perf_counter() - start))
+        out.put((index, (metrics, notes), None, time.perf_counter() - start))
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
         message = f"{type(exc).__name__}: {exc}{where}"
-        out.put((index, {}, message, time.perf_counter() - start))
+        out.put((index, ({}, []), message, time.perf_counter() - start))
 
 
 def evaluate_batch(
@@ -77,10 +91,13 @@ def evaluate_batch(
     max_workers: int = 4,
     timeout_s: float | None = 60.0,
     single_metric: str = "score",
+    on_result: Callable[[int, Evaluation], None] | None = None,
 ) -> list[Evaluation]:
     """Evaluate ``fn(config)`` for every config, at most ``max_workers`` at a time.
 
     Returns one ``Evaluation`` per config, in order. Never raises for a failing call.
+    ``on_result(index, evaluation)`` is called (on the calling thread) as soon as each
+    evaluation is settled, in completion order: resumable runs journal it there.
     """
     if max_workers < 1:
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -111,9 +128,13 @@ def evaluate_batch(
                 del running[i]
                 results[i].error = f"TimeoutError: no result after {timeout_s} s"
                 results[i].seconds = float(timeout_s)
+                if on_result is not None:
+                    on_result(i, results[i])
             continue
         if i in running:  # a late answer from an abandoned call is dropped
             del running[i]
-            results[i].metrics, results[i].error = metrics, error
+            (results[i].metrics, results[i].notes), results[i].error = metrics, error
             results[i].seconds = seconds
+            if on_result is not None:
+                on_result(i, results[i])
     return results

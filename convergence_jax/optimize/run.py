@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from convergence_jax.evolution.mab import (
     run_mab_evolution,
 )
 from convergence_jax.optimize.config import (
+    ConfigError,
     OptimizeConfig,
     config_from_dict,
     load_config,
@@ -209,71 +211,246 @@ def _run_jax(config, me, params, reward, progress):
     return _jax_records(space, reward, history, config.optimizer.generations)
 
 
-def _run_python(config, me, params, reward, progress, records, on_generation):
-    """Host loop; appends one record per finished generation to ``records``."""
+class _Checkpoint:
+    """The resumable state of a host-loop run, in the output folder.
+
+    - ``checkpoint.pkl``: after every generation, atomically (written aside, fsynced,
+      renamed): the optimizer state, the key, the generation and every record;
+    - ``evaluations.jsonl``: every evaluation as soon as it is settled, appended and
+      fsynced, keyed by (generation, round, slot), so a run killed mid-generation
+      does not call the objective again for what it had finished.
+    """
+
+    VERSION = 1
+
+    def __init__(self, out: Path | None, fingerprint: dict):
+        self.out = out
+        self.fingerprint = fingerprint
+        self.path = out / "checkpoint.pkl" if out else None
+        self.journal_path = out / "evaluations.jsonl" if out else None
+        self._journal = None
+
+    def start_fresh(self) -> None:
+        if self.out is None:
+            return
+        self.path.unlink(missing_ok=True)
+        self._journal = open(self.journal_path, "w")  # noqa: SIM115 - kept open
+
+    def load(self, template) -> tuple[Any, jax.Array, list, float, dict]:
+        """(state, key, records, seconds, journal) of the run in ``out``."""
+        if self.path is None or not self.path.is_file():
+            where = self.out if self.out is not None else "(no output folder)"
+            raise ConfigError(
+                f"--resume: {where} has no checkpoint.pkl to resume from (a run "
+                "writes it after its first generation)"
+            )
+        with open(self.path, "rb") as f:
+            saved = pickle.load(f)
+        if saved.get("version") != self.VERSION:
+            raise ConfigError(f"--resume: {self.path} was written by another version")
+        changed = _differences(saved["fingerprint"], self.fingerprint)
+        if changed:
+            raise ConfigError(
+                "--resume: the config differs from the run being resumed: "
+                + "; ".join(changed)
+            )
+        leaves, treedef = jax.tree.flatten(template)
+        if len(leaves) != len(saved["leaves"]):
+            raise ConfigError(f"--resume: {self.path} does not match this optimizer")
+        restored = [
+            jax.random.wrap_key_data(jnp.asarray(v)) if is_key else jnp.asarray(v)
+            for v, is_key in saved["leaves"]
+        ]
+        state = jax.tree.unflatten(treedef, restored)
+        key = jax.random.wrap_key_data(jnp.asarray(saved["key"]))
+        journal = {}
+        if self.journal_path.is_file():
+            for line in self.journal_path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a killed run may be cut short
+                journal[(entry["generation"], entry["round"], entry["slot"])] = entry
+        self._journal = open(self.journal_path, "a")  # noqa: SIM115 - kept open
+        return state, key, saved["records"], saved["seconds"], journal
+
+    def record(self, entry: dict) -> None:
+        if self._journal is None:
+            return
+        self._journal.write(json.dumps(entry) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def save(self, state, key, records, seconds) -> None:
+        if self.path is None:
+            return
+        leaves = []
+        for leaf in jax.tree.leaves(state):
+            is_key = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            data = jax.random.key_data(leaf) if is_key else leaf
+            leaves.append((np.asarray(data), bool(is_key)))
+        saved = {
+            "version": self.VERSION,
+            "fingerprint": self.fingerprint,
+            "leaves": leaves,
+            "key": np.asarray(jax.random.key_data(key)),
+            "records": records,
+            "seconds": seconds,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
+def _fingerprint(config: OptimizeConfig) -> dict:
+    """What must not change between a run and its resumption."""
+    data = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    data.pop("output", None)
+    data.pop("base_dir", None)
+    data["optimizer"].pop("generations", None)  # a resumed run may go on longer
+    return data
+
+
+def _differences(old, new, where="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{k}" if where else str(k)
+            out += _differences(old.get(k), new.get(k), path)
+        return out
+    return [] if old == new else [f"{where} was {old!r}, now {new!r}"]
+
+
+def _host_objective(config: OptimizeConfig):
+    """(callable, close) for the objectives evaluated on the host."""
+    if config.objective.type == "http":
+        from convergence_jax.optimize.http import http_objective
+
+        fn = http_objective(config)
+        return fn, fn.close
+    return load_target(config.objective.target, config.base_dir), lambda: None
+
+
+def _run_host(
+    config, me, params, reward, progress, records, on_generation, checkpoint, clock
+):
+    """Host loop; appends one record per finished generation to ``records``.
+
+    With ``clock["resume"]`` it first restores the run saved in ``checkpoint`` and
+    sets ``clock["before"]`` to the seconds that run had taken.
+    """
     space = config.space()
-    fn = load_target(config.objective.target, config.base_dir)
     single = reward.names[0] if len(reward.names) == 1 else "score"
     propose = jax.jit(me.propose)
     observe = jax.jit(me.observe)
     evolve = jax.jit(me.evolve)
     state = jax.jit(me.init)(jax.random.key(config.optimizer.seed), params)
     key = jax.random.fold_in(jax.random.key(config.optimizer.seed), 1)
+    journal: dict = {}
+    if clock["resume"]:
+        state, key, done, clock["before"], journal = checkpoint.load(state)
+        records += done
+    else:
+        checkpoint.start_fresh()
+    fn, close = _host_objective(config)
+    start = time.perf_counter()
 
-    def evaluate(state, arms, key):
-        """Evaluate ``arms`` on the host and feed the rewards to the posteriors."""
+    def row_of(arm, r) -> dict[str, Any]:
+        error, value = r.error, reward.failure_reward
+        if error is None:
+            try:
+                value = reward.combine_one(r.metrics)
+            except ValueError as e:
+                error = f"ValueError: {e}"
+        return {
+            "arm": int(arm),
+            "config": r.config,
+            "metrics": r.metrics,
+            "reward": value,
+            "error": error,
+            "seconds": r.seconds,
+            "notes": r.notes,
+        }
+
+    def evaluate(state, arms, key, generation, round_):
+        """Evaluate ``arms`` on the host and feed the rewards to the posteriors.
+
+        Evaluations found in the journal of an interrupted run are reused, not
+        called again (the replayed proposals are the same: the state and the keys
+        are restored).
+        """
+        arms_host = np.asarray(arms)
         configs = space.decode(_to_host(me.configs(state, arms)))
-        results = evaluate_batch(
-            fn,
-            configs,
-            max_workers=config.objective.max_workers,
-            timeout_s=config.objective.timeout_s,
-            single_metric=single,
-        )
-        rows = []
-        for arm, r in zip(np.asarray(arms), results, strict=True):
-            error = r.error
-            value = reward.failure_reward
-            if error is None:
-                try:
-                    value = reward.combine_one(r.metrics)
-                except ValueError as e:
-                    error = f"ValueError: {e}"
-            rows.append(
+        rows: list[dict[str, Any] | None] = [None] * len(configs)
+        todo = []
+        for slot, c in enumerate(configs):
+            entry = journal.get((generation, round_, slot))
+            if entry is not None and entry["row"]["config"] == c:
+                rows[slot] = entry["row"]
+            else:
+                todo.append(slot)
+
+        def settled(j, evaluation):
+            slot = todo[j]
+            rows[slot] = row_of(arms_host[slot], evaluation)
+            checkpoint.record(
                 {
-                    "arm": int(arm),
-                    "config": r.config,
-                    "metrics": r.metrics,
-                    "reward": value,
-                    "error": error,
-                    "seconds": r.seconds,
+                    "generation": generation,
+                    "round": round_,
+                    "slot": slot,
+                    "row": rows[slot],
                 }
+            )
+
+        if todo:
+            evaluate_batch(
+                fn,
+                [configs[s] for s in todo],
+                max_workers=config.objective.max_workers,
+                timeout_s=config.objective.timeout_s,
+                single_metric=single,
+                on_result=settled,
             )
         rewards = jnp.asarray([row["reward"] for row in rows], jnp.float32)
         return observe(key, state, arms, rewards, params), rows
 
+    first = len(records)
     bar = tqdm(
         total=config.optimizer.generations,
+        initial=min(first, config.optimizer.generations),
         desc="generations",
         disable=not progress,
         unit="gen",
     )
     try:
-        for g in range(config.optimizer.generations):
+        for g in range(first, config.optimizer.generations):
             key, k_first, k_evolve = jax.random.split(key, 3)
-            state, rows = evaluate(state, jnp.arange(me.population_size), k_first)
-            for _ in range(me.num_rounds):
+            arms = jnp.arange(me.population_size)
+            state, rows = evaluate(state, arms, k_first, g, 0)
+            for r in range(me.num_rounds):
                 key, k_propose, k_observe = jax.random.split(key, 3)
                 arms = propose(k_propose, state, params)
-                state, more = evaluate(state, arms, k_observe)
+                state, more = evaluate(state, arms, k_observe, g, r + 1)
                 rows += more
             state, ended = evolve(k_evolve, state, params)
             records.append(_generation_record(space, g, _to_host(ended), rows))
+            seconds = clock["before"] + time.perf_counter() - start
+            checkpoint.save(state, key, records, seconds)
             on_generation(records)
             bar.update(1)
             bar.set_postfix(best=f"{records[-1]['best_posterior_mean']:.4f}")
     finally:
         bar.close()
+        close()
+        checkpoint.close()
 
 
 def _summary(records):
@@ -311,6 +488,7 @@ def run_optimization(
     *,
     progress: bool = True,
     write: bool = True,
+    resume: bool = False,
 ) -> OptimizationResult:
     """Run Thompson sampling + evolution as a config describes.
 
@@ -318,6 +496,11 @@ def run_optimization(
       config: an ``OptimizeConfig``, a dict as read from YAML, or a YAML path.
       progress: show a progress bar.
       write: write the output folder (``config.output.dir``).
+      resume: continue the run whose checkpoint is in ``config.output.dir``
+        (python and http objectives): finished generations are loaded and the
+        evaluations of the interrupted generation already settled are reused, so
+        none is repeated; for a deterministic objective the results equal those of
+        an uninterrupted run.
     """
     if isinstance(config, str | Path):
         config = load_config(config)
@@ -326,6 +509,14 @@ def run_optimization(
     else:
         validate(config)
     reward = reward_spec(config)
+    host = config.objective.type in ("python", "http")
+    if resume and not host:
+        raise ConfigError(
+            f"--resume: a {config.objective.type} run is one compiled program with no "
+            "external calls; run it again instead (same seed, same results)"
+        )
+    if resume and not write:
+        raise ConfigError("--resume: needs the output folder (write=True)")
     me, params = build_optimizer(config, reward)
     out = Path(config.output.dir) if write else None
     if out is not None:
@@ -334,19 +525,31 @@ def run_optimization(
 
     def checkpoint(records):
         if out is not None:
-            seconds = time.perf_counter() - start
+            seconds = clock["before"] + time.perf_counter() - start
             _write_results(out, config, me, records, "running", seconds)
 
     records: list[dict[str, Any]] = []
     status = "interrupted"
+    clock = {"before": 0.0, "resume": resume}
     try:
-        if config.objective.type == "python":
-            _run_python(config, me, params, reward, progress, records, checkpoint)
+        if host:
+            state_files = _Checkpoint(out, _fingerprint(config))
+            _run_host(
+                config,
+                me,
+                params,
+                reward,
+                progress,
+                records,
+                checkpoint,
+                state_files,
+                clock,
+            )
         else:
             records += _run_jax(config, me, params, reward, progress)
         status = "complete"
     finally:
-        seconds = time.perf_counter() - start
+        seconds = clock["before"] + time.perf_counter() - start
         if out is not None and records:
             _write_results(out, config, me, records, status, seconds)
             if status == "complete":
