@@ -18,6 +18,7 @@ finished.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from convergence_jax.optimize.evaluate import evaluate_batch
 from convergence_jax.optimize.metrics import RewardSpec
 from convergence_jax.optimize.objectives import jax_objective, load_target
 from convergence_jax.optimize.report import top_configurations, write_report
+from convergence_jax.spaces import SearchSpace
 
 __all__ = ["OptimizationResult", "run_optimization"]
 
@@ -329,6 +331,31 @@ def _differences(old, new, where="") -> list[str]:
     return [] if old == new else [f"{where} was {old!r}, now {new!r}"]
 
 
+@functools.lru_cache(maxsize=8)
+def _host_programs(space_json: str, settings: tuple):
+    """Jitted init/propose/observe/evolve, shared by runs with the same shapes.
+
+    Every number lives in the params (traced), so runs that differ only in numbers
+    (seeds, rates, the objective) reuse the compiled programs.
+    """
+    population_size, evaluations, batch_size, selection, mutation, crossover = settings
+    me = mab_evolution(
+        SearchSpace.from_dict(json.loads(space_json)),
+        population_size=population_size,
+        evaluations_per_generation=evaluations,
+        batch_size=batch_size,
+        selection=selection,
+        mutation=mutation,
+        crossover=crossover,
+    )
+    return (
+        jax.jit(me.init),
+        jax.jit(me.propose),
+        jax.jit(me.observe),
+        jax.jit(me.evolve),
+    )
+
+
 def _host_objective(config: OptimizeConfig):
     """(callable, close) for the objectives evaluated on the host."""
     if config.objective.type == "http":
@@ -349,10 +376,19 @@ def _run_host(
     """
     space = config.space()
     single = reward.names[0] if len(reward.names) == 1 else "score"
-    propose = jax.jit(me.propose)
-    observe = jax.jit(me.observe)
-    evolve = jax.jit(me.evolve)
-    state = jax.jit(me.init)(jax.random.key(config.optimizer.seed), params)
+    opt = config.optimizer
+    init, propose, observe, evolve = _host_programs(
+        json.dumps(space.to_dict(), sort_keys=True),
+        (
+            opt.population_size,
+            opt.evaluations_per_generation,
+            opt.batch_size,
+            opt.selection,
+            opt.mutation,
+            opt.crossover,
+        ),
+    )
+    state = init(jax.random.key(config.optimizer.seed), params)
     key = jax.random.fold_in(jax.random.key(config.optimizer.seed), 1)
     journal: dict = {}
     if clock["resume"]:
