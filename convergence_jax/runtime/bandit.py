@@ -1,0 +1,736 @@
+"""The per-request bandit: select an arm per request, learn from each reward.
+
+State lives in SQLite (WAL mode), so several processes (web workers, batch jobs) can
+select and update the same bandit at once. The math is the pure Thompson-sampling
+core of ``convergence_jax.bandits`` (``beta_bernoulli`` or ``gaussian``, optionally
+discounted); this module is the shell that owns the database and the decisions.
+
+Tables:
+
+- ``bandits``: name -> config (arms, kind, prior, discount, segment key) and version;
+- ``segments``: the posterior sufficient statistics of every (bandit, segment) and
+  its number of applied updates;
+- ``decisions``: one row per ``select`` (id, bandit, segment, arm, user, context,
+  time) that ``update`` fills with the reward.
+
+``select`` reads the segment's statistics, draws one posterior sample per arm (the
+pure ``select``) and inserts its decision. ``update`` runs in one ``BEGIN IMMEDIATE``
+transaction: it checks the decision, applies the pure ``update`` to the statistics,
+writes them and marks the decision. Writers are serialized by SQLite, so no update
+is lost; a transaction is atomic, so a process killed mid-write leaves the previous
+consistent state; a second update of a decision changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "BanditConfig",
+    "DecisionConflictError",
+    "RewardError",
+    "Runtime",
+    "RuntimeBanditError",
+    "Selection",
+    "UnknownBanditError",
+    "UnknownDecisionError",
+    "Update",
+    "configure_runtime",
+    "default_db",
+    "runtime_select",
+    "runtime_stats",
+    "runtime_update",
+]
+
+KINDS = ("beta", "gaussian")
+DEFAULT_SEGMENT = "default"
+
+
+class RuntimeBanditError(ValueError):
+    """Bad input to the runtime bandit; the message says what is wrong."""
+
+
+class UnknownBanditError(RuntimeBanditError, LookupError):
+    """No bandit of that name in the database."""
+
+
+class UnknownDecisionError(RuntimeBanditError, LookupError):
+    """No decision with that id (for that bandit)."""
+
+
+class RewardError(RuntimeBanditError):
+    """A reward that is not a finite number in the bandit's range."""
+
+
+class DecisionConflictError(RuntimeBanditError):
+    """The decision already has a different reward."""
+
+
+class Selection(NamedTuple):
+    """What ``select`` chose: keep ``decision_id`` to report the reward."""
+
+    decision_id: str
+    params: dict[str, Any]
+    arm: str
+    segment: str
+
+
+class Update(NamedTuple):
+    """``applied`` is False when the decision already had this reward."""
+
+    decision_id: str
+    applied: bool
+    arm: str
+    segment: str
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """A stored bandit: its arms and its posterior model."""
+
+    name: str
+    names: tuple[str, ...]
+    arms: tuple[dict[str, Any], ...]
+    kind: str = "beta"
+    gamma: float = 1.0
+    prior: tuple[tuple[str, float], ...] = ()
+    segment_key: str | None = None
+    reward_range: tuple[float, float] | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BanditConfig:
+        data = json.loads(text)
+        data["names"] = tuple(data["names"])
+        data["arms"] = tuple(data["arms"])
+        data["prior"] = tuple((k, v) for k, v in data["prior"])
+        if data["reward_range"] is not None:
+            data["reward_range"] = tuple(data["reward_range"])
+        return cls(**data)
+
+    @property
+    def num_arms(self) -> int:
+        return len(self.arms)
+
+    @functools.cached_property
+    def params(self):
+        """The pure algorithm's params (prior, discount), built once."""
+        import jax.numpy as jnp
+
+        algo = _programs(self.kind, self.num_arms)[0]
+        values = {k: jnp.asarray(v, jnp.float32) for k, v in self.prior}
+        return algo.default_params.replace(
+            gamma=jnp.asarray(self.gamma, jnp.float32), **values
+        )
+
+    def check_reward(self, reward: Any) -> float:
+        if isinstance(reward, bool) or not isinstance(reward, int | float):
+            try:
+                reward = float(reward)  # NumPy scalars
+            except (TypeError, ValueError):
+                raise RewardError(f"reward must be a number, got {reward!r}") from None
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise RewardError(f"reward must be finite, got {reward}")
+        low, high = self.reward_range or (-math.inf, math.inf)
+        if not low <= reward <= high:
+            raise RewardError(
+                f"reward {reward} is outside [{low}, {high}] for bandit "
+                f"{self.name!r} ({self.kind})"
+            )
+        return reward
+
+
+# ----------------------------------------------------------------------------- math
+
+
+_PROGRAMS: dict[tuple[str, int], Any] = {}
+_PROGRAMS_LOCK = threading.Lock()
+
+
+def _programs(kind: str, num_arms: int):
+    """(algorithm, jitted select, jitted update, jitted posterior_mean), cached."""
+    with _PROGRAMS_LOCK:
+        found = _PROGRAMS.get((kind, num_arms))
+        if found is None:
+            import jax
+
+            from convergence_jax import bandits
+
+            algo = (
+                bandits.beta_bernoulli(num_arms)
+                if kind == "beta"
+                else bandits.gaussian(num_arms)
+            )
+
+            def select(seed, n, state, params):
+                key = jax.random.fold_in(jax.random.key(seed), n)
+                return algo.select(key, state, params)
+
+            def update(state, arm, reward, params):
+                # the fractional Beta and the Normal-Gamma updates use no randomness
+                return algo.update(jax.random.key(0), state, arm, reward, params)
+
+            found = (
+                algo,
+                jax.jit(select),
+                jax.jit(update),
+                jax.jit(algo.posterior_mean),
+            )
+            _PROGRAMS[(kind, num_arms)] = found
+        return found
+
+
+def _state(config: BanditConfig, stats: str | None):
+    """The statistics as the algorithm's state (zeros, the prior, when None)."""
+    import numpy as np
+
+    from convergence_jax import bandits
+
+    cls = bandits.BetaBernoulliState if config.kind == "beta" else bandits.GaussianState
+    names = tuple(cls.__dataclass_fields__)
+    if stats is None:
+        return cls(**{k: np.zeros(config.num_arms, np.float32) for k in names})
+    data = json.loads(stats)
+    return cls(**{k: np.asarray(data[k], np.float32) for k in names})
+
+
+def _stats_json(state) -> str:
+    import numpy as np
+
+    fields = state.__dataclass_fields__
+    return json.dumps(
+        {k: np.asarray(getattr(state, k), np.float64).tolist() for k in fields}
+    )
+
+
+# ----------------------------------------------------------------------------- store
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bandits (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    bandit TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    updates INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bandit, segment)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    bandit TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    arm INTEGER NOT NULL,
+    user_id TEXT,
+    context TEXT,
+    created REAL NOT NULL,
+    reward REAL,
+    updated REAL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_arm ON decisions (bandit, segment, arm);
+"""
+
+
+def default_db() -> str:
+    """``$CONVERGENCE_RUNTIME_DB``, else ``convergence_runtime.db``."""
+    return os.environ.get("CONVERGENCE_RUNTIME_DB", "convergence_runtime.db")
+
+
+def _arms_from(name, arms, space, num_arms, seed):
+    if (arms is None) == (space is None):
+        raise RuntimeBanditError(
+            f"configure_runtime({name!r}): give arms or space (one of them)"
+        )
+    if space is not None:
+        import jax
+
+        from convergence_jax.spaces import SearchSpace, SpaceError
+
+        try:
+            if not isinstance(space, SearchSpace):
+                space = SearchSpace.from_dict(space)
+        except SpaceError as e:
+            raise RuntimeBanditError(f"space: {e}") from None
+        if isinstance(num_arms, bool) or not isinstance(num_arms, int) or num_arms < 1:
+            raise RuntimeBanditError(f"num_arms must be an int >= 1, got {num_arms!r}")
+        params = space.decode(space.sample(jax.random.key(seed), num_arms))
+        return [str(i) for i in range(num_arms)], params
+    if isinstance(arms, Mapping):
+        names, params = [str(k) for k in arms], list(arms.values())
+    elif isinstance(arms, Sequence) and not isinstance(arms, str):
+        arms = list(arms)
+        if arms and all(isinstance(a, str) for a in arms):
+            names, params = arms, [{"arm": a} for a in arms]
+        else:
+            names, params = [str(i) for i in range(len(arms))], arms
+    else:
+        raise RuntimeBanditError(
+            f"arms must be a list of parameter dicts, a list of names or a dict "
+            f"name -> params, got {type(arms).__name__}"
+        )
+    if not params:
+        raise RuntimeBanditError("arms: give at least one arm")
+    if len(set(names)) != len(names):
+        raise RuntimeBanditError(f"arms: duplicate arm names in {names}")
+    for n, p in zip(names, params, strict=True):
+        if not isinstance(p, Mapping):
+            raise RuntimeBanditError(
+                f"arms[{n!r}]: expected a dict of params, got {p!r}"
+            )
+        try:
+            json.dumps(p)
+        except TypeError as e:
+            raise RuntimeBanditError(f"arms[{n!r}]: params must be JSON: {e}") from None
+    return names, [dict(p) for p in params]
+
+
+def _prior(kind: str, prior: Mapping[str, float] | None, reward_range):
+    allowed = (
+        ("prior_alpha", "prior_beta")
+        if kind == "beta"
+        else ("prior_mean", "prior_kappa", "prior_alpha", "prior_beta")
+    )
+    values: dict[str, float] = {}
+    if kind == "gaussian" and reward_range is not None:
+        low, high = reward_range  # a weak prior on the rewards' scale
+        values = {
+            "prior_mean": 0.5 * (low + high),
+            "prior_kappa": 1e-3,
+            "prior_alpha": 1.0,
+            "prior_beta": (0.1 * (high - low)) ** 2,
+        }
+    for k, v in (prior or {}).items():
+        if k not in allowed:
+            raise RuntimeBanditError(
+                f"prior.{k}: unknown for a {kind} bandit; allowed: {list(allowed)}"
+            )
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+        ):
+            raise RuntimeBanditError(f"prior.{k}: expected a finite number, got {v!r}")
+        if k != "prior_mean" and not v > 0:
+            raise RuntimeBanditError(f"prior.{k}: must be > 0, got {v}")
+        values[k] = float(v)
+    return tuple(sorted(values.items()))
+
+
+class Runtime:
+    """The runtime bandits of one SQLite database (one connection per thread).
+
+    Args:
+      path: the database file (created with its tables if missing).
+      seed: None draws selections from OS randomness; an int makes this instance's
+        draws reproducible (``fold_in(key(seed), n)`` for its n-th selection).
+      timeout_s: how long a writer waits for the database lock.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, seed=None, timeout_s=30.0):
+        self.path = str(path if path is not None else default_db())
+        self.seed = seed
+        self.timeout_s = float(timeout_s)
+        self._local = threading.local()
+        self._configs: dict[str, tuple[int, BanditConfig]] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        with self._conn() as conn:
+            conn.executescript(SCHEMA)
+
+    # -- plumbing
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._pid != os.getpid():
+            self._pid = os.getpid()  # a forked child opens its own connection
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout_s, isolation_level=None
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+            self._local.conn = conn
+        return conn
+
+    def _seed(self) -> tuple[int, int]:
+        """(seed, n): the n-th draw of this instance, or fresh OS randomness."""
+        if self.seed is None:
+            return secrets.randbits(32), 0
+        with self._lock:
+            n = self._count
+            self._count += 1
+        return self.seed % 2**32, n % 2**32
+
+    def _config(self, name: str, version: int, text: str) -> BanditConfig:
+        cached = self._configs.get(name)
+        if cached is None or cached[0] != version:
+            cached = (version, BanditConfig.from_json(text))
+            self._configs[name] = cached
+        return cached[1]
+
+    def _load(self, name: str) -> BanditConfig:
+        row = (
+            self._conn()
+            .execute("SELECT version, config FROM bandits WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None:
+            raise UnknownBanditError(self._unknown(name))
+        return self._config(name, *row)
+
+    def _unknown(self, name: str) -> str:
+        names = self.names()
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"no bandit {name!r}{hint}; configured: {names}"
+
+    # -- API
+
+    def names(self) -> list[str]:
+        rows = self._conn().execute("SELECT name FROM bandits ORDER BY name")
+        return [r[0] for r in rows]
+
+    def configure(
+        self,
+        name: str,
+        arms=None,
+        *,
+        space=None,
+        num_arms: int = 16,
+        seed: int = 0,
+        bandit: str = "beta",
+        gamma: float = 1.0,
+        prior: Mapping[str, float] | None = None,
+        segment_key: str | None = None,
+        reward_range: tuple[float, float] | None = None,
+        replace: bool = False,
+    ) -> BanditConfig:
+        """Create (or check) a bandit; see ``configure_runtime``."""
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise RuntimeBanditError(f"name must be a non-empty string, got {name!r}")
+        if bandit not in KINDS:
+            raise RuntimeBanditError(f"bandit must be one of {KINDS}, got {bandit!r}")
+        if isinstance(gamma, bool) or not isinstance(gamma, int | float):
+            raise RuntimeBanditError(f"gamma must be a number in (0, 1], got {gamma!r}")
+        if not 0 < gamma <= 1:
+            raise RuntimeBanditError(f"gamma (discount) must be in (0, 1], got {gamma}")
+        if bandit == "beta":
+            if reward_range not in (None, (0, 1), [0, 1]):
+                raise RuntimeBanditError(
+                    f"reward_range: a beta bandit takes rewards in [0, 1], got "
+                    f"{reward_range!r} (use bandit='gaussian')"
+                )
+            reward_range = (0.0, 1.0)
+        elif reward_range is not None:
+            low, high = (float(v) for v in reward_range)
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise RuntimeBanditError(
+                    f"reward_range: expected (low, high) with low < high, got "
+                    f"{reward_range!r}"
+                )
+            reward_range = (low, high)
+        if segment_key is not None and not isinstance(segment_key, str):
+            raise RuntimeBanditError(
+                f"segment_key must be a string, got {segment_key!r}"
+            )
+        names, params = _arms_from(name, arms, space, num_arms, seed)
+        config = BanditConfig(
+            name=name,
+            names=tuple(names),
+            arms=tuple(params),
+            kind=bandit,
+            gamma=float(gamma),
+            prior=_prior(bandit, prior, reward_range),
+            segment_key=segment_key,
+            reward_range=reward_range,
+        )
+        config = BanditConfig.from_json(config.to_json())  # as stored
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT config, version FROM bandits WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO bandits (name, config, created) VALUES (?, ?, ?)",
+                    (name, config.to_json(), time.time()),
+                )
+            elif BanditConfig.from_json(row[0]) != config:
+                if not replace:
+                    old = BanditConfig.from_json(row[0])
+                    diff = [
+                        k
+                        for k in ("names", "arms", "kind", "gamma", "prior")
+                        + ("segment_key", "reward_range")
+                        if getattr(old, k) != getattr(config, k)
+                    ]
+                    raise RuntimeBanditError(
+                        f"bandit {name!r} exists with a different {', '.join(diff)}; "
+                        "pass replace=True to reset it (its posteriors and decisions "
+                        "are deleted)"
+                    )
+                conn.execute(
+                    "UPDATE bandits SET config = ?, version = version + 1 "
+                    "WHERE name = ?",
+                    (config.to_json(), name),
+                )
+                conn.execute("DELETE FROM segments WHERE bandit = ?", (name,))
+                conn.execute("DELETE FROM decisions WHERE bandit = ?", (name,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _programs(config.kind, config.num_arms)
+        return config
+
+    def segment_of(self, config: BanditConfig, user_id, context) -> str:
+        if config.segment_key is None:
+            return DEFAULT_SEGMENT
+        if config.segment_key == "user_id":
+            value = user_id
+        else:
+            value = (context or {}).get(config.segment_key)
+        return DEFAULT_SEGMENT if value is None else str(value)
+
+    def select(
+        self,
+        name: str,
+        user_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Selection:
+        """Draw an arm for one request and record the decision."""
+        if context is not None and not isinstance(context, Mapping):
+            raise RuntimeBanditError(f"context must be a dict, got {context!r}")
+        if user_id is not None and not isinstance(user_id, str | int):
+            raise RuntimeBanditError(f"user_id must be a string, got {user_id!r}")
+        try:
+            context_json = json.dumps(context) if context is not None else None
+        except TypeError as e:
+            raise RuntimeBanditError(f"context must be JSON: {e}") from None
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT b.version, b.config, s.stats FROM bandits b LEFT JOIN segments s "
+            "ON s.bandit = b.name AND s.segment = ? WHERE b.name = ?",
+            (DEFAULT_SEGMENT, name),
+        ).fetchone()
+        if row is None:
+            raise UnknownBanditError(self._unknown(name))
+        config = self._config(name, row[0], row[1])
+        segment = self.segment_of(config, user_id, context)
+        stats = row[2]
+        if segment != DEFAULT_SEGMENT:
+            found = conn.execute(
+                "SELECT stats FROM segments WHERE bandit = ? AND segment = ?",
+                (name, segment),
+            ).fetchone()
+            stats = found[0] if found else None
+        _, select, _, _ = _programs(config.kind, config.num_arms)
+        seed, n = self._seed()
+        state = _state(config, stats)
+        arm = int(select(np.uint32(seed), np.uint32(n), state, config.params))
+        decision_id = uuid.uuid4().hex
+        conn.execute(
+            "INSERT INTO decisions (id, bandit, segment, arm, user_id, context, "
+            "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                decision_id,
+                name,
+                segment,
+                arm,
+                None if user_id is None else str(user_id),
+                context_json,
+                time.time(),
+            ),
+        )
+        return Selection(
+            decision_id, dict(config.arms[arm]), config.names[arm], segment
+        )
+
+    def update(self, name: str, decision_id: str, reward: float) -> Update:
+        """Apply a decision's reward once (a repeat with the same reward is a no-op)."""
+        config = self._load(name)
+        reward = config.check_reward(reward)
+        if not isinstance(decision_id, str):
+            raise UnknownDecisionError(
+                f"decision_id must be a string, got {decision_id!r}"
+            )
+        conn = self._conn()
+        _, _, update, _ = _programs(config.kind, config.num_arms)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT bandit, segment, arm, reward FROM decisions WHERE id = ?",
+                (decision_id,),
+            ).fetchone()
+            if row is None or row[0] != name:
+                where = "" if row is None else f" (it belongs to bandit {row[0]!r})"
+                raise UnknownDecisionError(
+                    f"no decision {decision_id!r} for bandit {name!r}{where}"
+                )
+            _, segment, arm, previous = row
+            if previous is not None:
+                conn.execute("ROLLBACK")
+                if previous == reward:
+                    return Update(decision_id, False, config.names[arm], segment)
+                raise DecisionConflictError(
+                    f"decision {decision_id!r} already has reward {previous}; got "
+                    f"{reward}"
+                )
+            found = conn.execute(
+                "SELECT stats FROM segments WHERE bandit = ? AND segment = ?",
+                (name, segment),
+            ).fetchone()
+            state = _state(config, found[0] if found else None)
+            state = update(state, arm, reward, config.params)
+            conn.execute(
+                "INSERT INTO segments (bandit, segment, stats, updates) "
+                "VALUES (?, ?, ?, 1) ON CONFLICT (bandit, segment) DO UPDATE SET "
+                "stats = excluded.stats, updates = updates + 1",
+                (name, segment, _stats_json(state)),
+            )
+            conn.execute(
+                "UPDATE decisions SET reward = ?, updated = ? WHERE id = ?",
+                (reward, time.time(), decision_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return Update(decision_id, True, config.names[arm], segment)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """Decisions, updates, and per segment and arm: selections, updates, mean
+        reward and posterior mean."""
+        config = self._load(name)
+        conn = self._conn()
+        _, _, _, posterior_mean = _programs(config.kind, config.num_arms)
+        params = config.params
+        counts: dict[str, dict[int, tuple]] = {}
+        for segment, arm, n, m, mean in conn.execute(
+            "SELECT segment, arm, COUNT(*), COUNT(reward), AVG(reward) FROM decisions "
+            "WHERE bandit = ? GROUP BY segment, arm",
+            (name,),
+        ):
+            counts.setdefault(segment, {})[arm] = (n, m, mean)
+        posterior = {
+            segment: (stats, updates)
+            for segment, stats, updates in conn.execute(
+                "SELECT segment, stats, updates FROM segments WHERE bandit = ?",
+                (name,),
+            )
+        }
+        segments = {}
+        for segment in sorted(set(counts) | set(posterior)):
+            stats, updates = posterior.get(segment, (None, 0))
+            means = posterior_mean(_state(config, stats), params).tolist()
+            arms = []
+            for i, arm_name in enumerate(config.names):
+                n, m, mean = counts.get(segment, {}).get(i, (0, 0, None))
+                arms.append(
+                    {
+                        "arm": arm_name,
+                        "params": config.arms[i],
+                        "selections": n,
+                        "updates": m,
+                        "mean_reward": mean,
+                        "posterior_mean": means[i],
+                    }
+                )
+            segments[segment] = {"updates": updates, "arms": arms}
+        decisions = sum(a["selections"] for s in segments.values() for a in s["arms"])
+        rewarded = sum(a["updates"] for s in segments.values() for a in s["arms"])
+        return {
+            "bandit": name,
+            "kind": config.kind,
+            "gamma": config.gamma,
+            "arms": list(config.names),
+            "decisions": decisions,
+            "updates": sum(s["updates"] for s in segments.values()),
+            "rewarded_decisions": rewarded,
+            "pending": decisions - rewarded,
+            "segments": segments,
+        }
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+# ------------------------------------------------------------------------ module API
+
+_RUNTIMES: dict[tuple[int, str], Runtime] = {}
+
+
+def _runtime(db: str | Path | None) -> Runtime:
+    path = str(Path(db if db is not None else default_db()).resolve())
+    key = (os.getpid(), path)
+    runtime = _RUNTIMES.get(key)
+    if runtime is None:
+        runtime = _RUNTIMES[key] = Runtime(path)
+    return runtime
+
+
+def configure_runtime(name: str, arms=None, *, db=None, **kwargs) -> BanditConfig:
+    """Create a runtime bandit (or check that it exists with this config).
+
+    Args:
+      name: the bandit's name.
+      arms: a list of parameter dicts, a list of names, or a dict name -> params.
+      space: instead of arms, a ``SearchSpace`` (or its dict) to draw ``num_arms``
+        configurations from (with ``seed``).
+      bandit: "beta" (rewards in [0, 1]) or "gaussian" (any finite rewards,
+        optionally limited to ``reward_range``).
+      gamma: discount in (0, 1] applied to every segment's statistics at each update
+        (1 = stationary).
+      prior: prior parameters (``prior_alpha``, ``prior_beta``; Gaussian also
+        ``prior_mean``, ``prior_kappa``).
+      segment_key: a context field (or "user_id") whose value picks a segment; each
+        segment has its own posteriors over the same arms.
+      replace: reset an existing bandit whose config differs.
+      db: the SQLite file (default ``$CONVERGENCE_RUNTIME_DB`` or
+        ``convergence_runtime.db``).
+    """
+    return _runtime(db).configure(name, arms, **kwargs)
+
+
+def runtime_select(name: str, user_id=None, context=None, *, db=None) -> Selection:
+    """``Selection(decision_id, params, arm, segment)`` for one request."""
+    return _runtime(db).select(name, user_id=user_id, context=context)
+
+
+def runtime_update(name: str, decision_id: str, reward: float, *, db=None) -> Update:
+    """Report a decision's reward; idempotent per decision id."""
+    return _runtime(db).update(name, decision_id, reward)
+
+
+def runtime_stats(name: str, *, db=None) -> dict[str, Any]:
+    """Counts and posteriors of a bandit (see ``Runtime.stats``)."""
+    return _runtime(db).stats(name)

@@ -1,0 +1,295 @@
+"""The runtime bandit on SQLite: math from the pure core, errors, segments,
+several processes at once, and kill -9 mid-write."""
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convergence_jax import bandits
+from convergence_jax.runtime import (
+    DecisionConflictError,
+    RewardError,
+    Runtime,
+    RuntimeBanditError,
+    UnknownBanditError,
+    UnknownDecisionError,
+    configure_runtime,
+    runtime_select,
+    runtime_stats,
+    runtime_update,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ARMS = {"low": {"temperature": 0.2}, "mid": {"temperature": 0.7}, "high": {"t": 1}}
+
+
+@pytest.fixture
+def rt(tmp_path):
+    runtime = Runtime(tmp_path / "rt.db", seed=0)
+    yield runtime
+    runtime.close()
+
+
+def consistent(path, name):
+    """Cross-table invariants that one transaction per update keeps."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rewarded = conn.execute(
+            "SELECT COUNT(*) FROM decisions WHERE bandit = ? AND reward IS NOT NULL",
+            (name,),
+        ).fetchone()[0]
+        applied, mass = 0, 0.0
+        for stats, updates in conn.execute(
+            "SELECT stats, updates FROM segments WHERE bandit = ?", (name,)
+        ):
+            s = json.loads(stats)
+            applied += updates
+            mass += sum(s["successes"]) + sum(s["failures"])
+        assert applied == rewarded
+        assert mass == pytest.approx(applied)  # gamma = 1: one unit per update
+        return applied
+    finally:
+        conn.close()
+
+
+def test_select_update_stats_learn_the_best_arm(rt):
+    rt.configure("p", ARMS)
+    means = {"low": 0.2, "mid": 0.5, "high": 0.8}
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        choice = rt.select("p", user_id="u1", context={"page": "home"})
+        assert choice.params == ARMS[choice.arm]
+        assert choice.segment == "default"
+        assert rt.update(
+            "p", choice.decision_id, float(rng.random() < means[choice.arm])
+        )
+    stats = rt.stats("p")
+    assert stats["decisions"] == stats["updates"] == 300 and stats["pending"] == 0
+    arms = {a["arm"]: a for a in stats["segments"]["default"]["arms"]}
+    assert arms["high"]["selections"] > 200
+    # the posterior is the pure Beta-Bernoulli one: (1 + sum r) / (2 + n)
+    for a in arms.values():
+        n, r = a["updates"], (a["mean_reward"] or 0.0) * a["updates"]
+        assert a["posterior_mean"] == pytest.approx((1 + r) / (2 + n), rel=1e-5)
+    assert consistent(rt.path, "p") == 300
+
+
+def test_gaussian_discounted_matches_the_pure_update(rt):
+    rt.configure(
+        "g", ["a", "b"], bandit="gaussian", gamma=0.9, reward_range=(-10.0, 10.0)
+    )
+    algo = bandits.gaussian(2)
+    params = algo.default_params.replace(
+        gamma=jnp.float32(0.9),
+        prior_mean=jnp.float32(0.0),
+        prior_kappa=jnp.float32(1e-3),
+        prior_alpha=jnp.float32(1.0),
+        prior_beta=jnp.float32(4.0),
+    )
+    state = algo.init(params)
+    rewards = [3.0, -1.5, 7.25, 0.5, 2.0, -4.0]
+    for r in rewards:
+        choice = rt.select("g")
+        assert choice.params == {"arm": choice.arm}
+        rt.update("g", choice.decision_id, r)
+        arm = ["a", "b"].index(choice.arm)
+        state = algo.update(jax.random.key(0), state, arm, r, params)
+    expected = np.asarray(algo.posterior_mean(state, params))
+    got = [a["posterior_mean"] for a in rt.stats("g")["segments"]["default"]["arms"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_update_is_idempotent_and_errors_are_clear(rt):
+    rt.configure("p", ARMS)
+    choice = rt.select("p")
+    assert rt.update("p", choice.decision_id, 1.0).applied is True
+    assert rt.update("p", choice.decision_id, 1.0).applied is False
+    assert rt.stats("p")["updates"] == 1
+    with pytest.raises(DecisionConflictError, match="already has reward 1.0; got 0.0"):
+        rt.update("p", choice.decision_id, 0.0)
+    with pytest.raises(UnknownDecisionError, match="no decision 'nope' for bandit 'p'"):
+        rt.update("p", "nope", 1.0)
+    other = rt.select("p")
+    with pytest.raises(RewardError, match="reward must be finite, got nan"):
+        rt.update("p", other.decision_id, float("nan"))
+    with pytest.raises(RewardError, match=r"reward 1.5 is outside \[0.0, 1.0\]"):
+        rt.update("p", other.decision_id, 1.5)
+    with pytest.raises(RewardError, match="reward must be a number, got 'good'"):
+        rt.update("p", other.decision_id, "good")
+    with pytest.raises(UnknownBanditError, match=r"no bandit 'q'; configured: \['p'\]"):
+        rt.select("q")
+    rt.configure("answers", ARMS)
+    with pytest.raises(UnknownBanditError, match="did you mean 'answers'"):
+        rt.select("answer")
+    with pytest.raises(UnknownDecisionError, match="belongs to bandit 'p'"):
+        rt.update("answers", other.decision_id, 1.0)
+    assert rt.stats("p")["pending"] == 1  # failed updates changed nothing
+    assert consistent(rt.path, "p") == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"arms": []}, "give at least one arm"),
+        ({"arms": [{"a": 1}, "b"]}, r"arms\['1'\]: expected a dict of params"),
+        ({"arms": ["a", "a"]}, "duplicate arm names"),
+        ({"arms": None}, "give arms or space"),
+        ({"arms": ["a"], "gamma": 1.5}, r"gamma \(discount\) must be in \(0, 1\]"),
+        ({"arms": ["a"], "bandit": "ucb"}, "bandit must be one of"),
+        ({"arms": ["a"], "reward_range": (0, 5)}, "a beta bandit takes rewards"),
+        ({"arms": ["a"], "prior": {"prior_mean": 1.0}}, "prior.prior_mean: unknown"),
+        ({"arms": ["a"], "prior": {"prior_alpha": -1.0}}, "prior.prior_alpha: must"),
+        ({"space": {"x": {"type": "flot"}}}, "space: "),
+    ],
+)
+def test_bad_configuration_is_rejected(rt, kwargs, message):
+    with pytest.raises(RuntimeBanditError, match=message):
+        rt.configure("p", **kwargs)
+
+
+def test_reconfigure_checks_and_replace_resets(rt):
+    rt.configure("p", ARMS)
+    rt.configure("p", ARMS)  # same config: a no-op
+    rt.update("p", rt.select("p").decision_id, 1.0)
+    with pytest.raises(RuntimeBanditError, match="exists with a different gamma"):
+        rt.configure("p", ARMS, gamma=0.5)
+    rt.configure("p", ARMS, gamma=0.5, replace=True)
+    stats = rt.stats("p")
+    assert stats["gamma"] == 0.5 and stats["decisions"] == stats["updates"] == 0
+
+
+def test_segments_have_their_own_posteriors_and_space_arms(rt):
+    space = {
+        "temperature": {"type": "float", "min": 0.0, "max": 1.0},
+        "model": {"type": "categorical", "choices": ["s", "m"]},
+    }
+    config = rt.configure("s", space=space, num_arms=3, segment_key="country")
+    assert len(config.arms) == 3
+    assert all(0 <= a["temperature"] <= 1 and a["model"] in "sm" for a in config.arms)
+    for country, reward in (("us", 1.0), ("fr", 0.0), ("us", 1.0)):
+        choice = rt.select("s", context={"country": country})
+        assert choice.segment == country
+        rt.update("s", choice.decision_id, reward)
+    assert rt.select("s", context={}).segment == "default"
+    stats = rt.stats("s")
+    assert set(stats["segments"]) == {"us", "fr", "default"}
+    assert stats["segments"]["us"]["updates"] == 2
+    us = sum(a["posterior_mean"] > 0.5 for a in stats["segments"]["us"]["arms"])
+    fr = sum(a["posterior_mean"] < 0.5 for a in stats["segments"]["fr"]["arms"])
+    assert us >= 1 and fr == 1  # each segment learned only from its own rewards
+    user = rt.configure("by_user", ["a", "b", "c"], segment_key="user_id")
+    assert user.segment_key == "user_id"
+    assert rt.select("by_user", user_id="u7").segment == "u7"
+
+
+def test_module_functions_use_the_default_db(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVERGENCE_RUNTIME_DB", str(tmp_path / "env.db"))
+    configure_runtime("m", ["a", "b"])
+    choice = runtime_select("m", user_id="u")
+    assert runtime_update("m", choice.decision_id, 0.5).applied
+    assert runtime_stats("m")["updates"] == 1
+    assert (tmp_path / "env.db").is_file()
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from convergence_jax.runtime import Runtime
+
+    db, cycles, shared, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    rt = Runtime(db)
+    rng = np.random.default_rng()
+    repeats = 0
+    for i in range(cycles):
+        choice = rt.select("p", user_id=f"u{i}", context={"i": i})
+        reward = float(rng.random() < 0.5)
+        assert rt.update("p", choice.decision_id, reward).applied
+        repeats += not rt.update("p", choice.decision_id, reward).applied
+    # every worker races to apply the same pending decisions
+    applied = sum(
+        rt.update("p", d, 1.0).applied for d in json.load(open(shared))
+    )
+    json.dump({"repeats": repeats, "applied_shared": applied}, open(out, "w"))
+    """
+)
+
+
+def test_several_processes_lose_no_update(tmp_path):
+    db = tmp_path / "rt.db"
+    rt = Runtime(db)
+    rt.configure("p", ARMS)
+    shared = [rt.select("p").decision_id for _ in range(40)]
+    (tmp_path / "shared.json").write_text(json.dumps(shared))
+    workers, cycles = 3, 120
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(db), str(cycles)]
+            + [str(tmp_path / "shared.json"), str(tmp_path / f"out{k}.json")],
+            env=env,
+        )
+        for k in range(workers)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * workers
+    outs = [json.loads((tmp_path / f"out{k}.json").read_text()) for k in range(workers)]
+    assert [o["repeats"] for o in outs] == [cycles] * workers  # repeats: no-ops
+    assert sum(o["applied_shared"] for o in outs) == len(shared)  # each once
+    stats = rt.stats("p")
+    assert stats["decisions"] == workers * cycles + len(shared)
+    assert stats["updates"] == workers * cycles + len(shared)
+    assert consistent(db, "p") == stats["updates"]
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys
+    from convergence_jax.runtime import Runtime
+
+    rt = Runtime(sys.argv[1])
+    while True:
+        choice = rt.select("p")
+        rt.update("p", choice.decision_id, 1.0)
+    """
+)
+
+
+def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path):
+    db = tmp_path / "rt.db"
+    rt = Runtime(db)
+    rt.configure("p", ARMS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(db)], env=env)
+    deadline = time.monotonic() + 60
+    try:
+        while rt.stats("p")["updates"] < 300 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    applied = consistent(db, "p")
+    assert applied >= 300
+    stats = rt.stats("p")
+    assert stats["pending"] <= 1  # at most the decision whose update was cut
+    choice = rt.select("p")  # the database goes on working
+    assert rt.update("p", choice.decision_id, 0.0).applied
+    assert consistent(db, "p") == applied + 1
+    assert math.isclose(
+        sum(a["posterior_mean"] for a in rt.stats("p")["segments"]["default"]["arms"])
+        > 0,
+        True,
+    )
