@@ -5,6 +5,8 @@
     checkpoint.save("runs/ppo/ckpt", state, step=100)       # a folder per step
     state = checkpoint.restore("runs/ppo/ckpt", like=state)  # the latest step
     checkpoint.latest_step("runs/ppo/ckpt")                  # 100
+    checkpoint.save_tree("runs/best/weights", params)        # one tree, one folder
+    params = checkpoint.restore_tree("runs/best/weights", like=params)
 
 Typed PRNG keys (``jax.random.key``) are stored as their raw key data and
 rewrapped on restore with the implementation of the matching leaf of ``like``, so
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["all_steps", "latest_step", "restore", "save"]
+__all__ = ["all_steps", "latest_step", "restore", "restore_tree", "save", "save_tree"]
 
 
 def _is_key(x) -> bool:
@@ -96,12 +98,19 @@ def restore(directory: str | Path, like: Any, step: int | None = None) -> Any:
         raise FileNotFoundError(
             f"no checkpoint step {step} in {directory}; saved steps: {steps}"
         )
-    target = jax.tree.map(
+    with _manager(directory) as manager:
+        stored = manager.restore(step, args=ocp.args.StandardRestore(_target(like)))
+    return _rewrap(like, stored)
+
+
+def _target(like: Any):
+    return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
         _to_storable(like),
     )
-    with _manager(directory) as manager:
-        stored = manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def _rewrap(like: Any, stored: Any) -> Any:
     return jax.tree.map(
         lambda x, data: (
             jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
@@ -111,3 +120,27 @@ def restore(directory: str | Path, like: Any, step: int | None = None) -> Any:
         like,
         stored,
     )
+
+
+def save_tree(path: str | Path, tree: Any, *, overwrite: bool = False) -> Path:
+    """Save one pytree as the folder ``path`` (no step folders); returns it.
+
+    The write is atomic (a temporary folder renamed into place) and synchronous.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=True replaces it)")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, _to_storable(tree), force=overwrite)
+        checkpointer.wait_until_finished()
+    return path
+
+
+def restore_tree(path: str | Path, like: Any) -> Any:
+    """Restore a pytree saved by ``save_tree`` into the structure of ``like``."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no saved tree at {path}")
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored = checkpointer.restore(path, _target(like))
+    return _rewrap(like, stored)

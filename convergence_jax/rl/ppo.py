@@ -189,6 +189,11 @@ class PPO(NamedTuple):
     """``update(state, hparams) -> (state, metrics)``: one rollout and its epochs."""
     run: Callable[..., tuple[TrainState, dict]]
     """``run(state, hparams, num_updates, callback=None) -> (state, metrics [n])``."""
+    policy: Callable[..., jax.Array]
+    """``policy(params, obs_stats, obs [B, obs_dim], key) -> env actions [B, ...]``."""
+    learn_batch: Callable[..., tuple[TrainState, dict]]
+    """``learn_batch(state, batch, hparams) -> (state, metrics)``: one PPO update on
+    a rollout collected outside (e.g. by a loop pipeline) with ``policy``."""
 
 
 # ------------------------------------------------------------------ validation
@@ -585,6 +590,73 @@ def make_ppo(config: PPOConfig) -> PPO:
         )
         return new_state, metrics
 
+    def policy(params, obs_stats: ObsStats, obs, key):
+        """Environment actions for a batch of raw observations (one key)."""
+        norm_obs = _normalize(obs.astype(jnp.float32), obs_stats, config.normalize_obs)
+        keys = jax.random.split(key, obs.shape[0])
+        raw = jax.vmap(lambda o, k: act(params, o, k)[0])(norm_obs, keys)
+        return to_env_action(raw)
+
+    def learn_batch(state: TrainState, batch: dict, hparams: PPOHParams):
+        """One update (GAE + epochs) on an outside rollout ``[num_steps, num_envs]``.
+
+        ``batch`` holds raw ``obs``, ``action`` (environment actions), ``reward``,
+        ``terminated``, ``truncated`` and ``final_obs`` (the observation each step
+        led to, before any reset). The rollout must come from the current
+        parameters (on-policy): log-probabilities and values are computed here.
+        Continuous actions are learned as taken, so use ``squash=False`` there.
+        """
+        rollout_shape = (num_steps, config.num_envs)
+        if batch["reward"].shape != rollout_shape:
+            raise ValueError(
+                f"learn_batch: expected rewards of shape [num_steps, num_envs] = "
+                f"{list(rollout_shape)}, got {list(batch['reward'].shape)}"
+            )
+        stats = state.obs_stats
+        obs = batch["obs"].reshape(rollout_shape + (-1,)).astype(jnp.float32)
+        norm_obs = _normalize(obs, stats, config.normalize_obs)
+        final_obs = _normalize(
+            batch["final_obs"].reshape(obs.shape).astype(jnp.float32),
+            stats,
+            config.normalize_obs,
+        )
+        action = batch["action"]
+        if continuous:
+            action = action.reshape(rollout_shape + (action_dim,))
+        dist, value = network.apply(state.params, norm_obs)
+        next_values = network.apply(state.params, final_obs)[1]
+        traj = {
+            "obs": norm_obs,
+            "action": action,
+            "log_prob": dist.log_prob(action),
+            "value": value,
+        }
+        advantages, returns = jax.vmap(
+            gae, in_axes=(1, 1, 1, 1, 1, None, None), out_axes=1
+        )(
+            batch["reward"].astype(jnp.float32) * hparams.reward_scale,
+            value,
+            next_values,
+            batch["terminated"],
+            batch["truncated"],
+            hparams.gamma,
+            hparams.gae_lambda,
+        )
+        params, opt_state, keys, aux = learn(
+            state, traj, advantages, returns, state.keys, hparams
+        )
+        if config.normalize_obs:
+            stats = _update_stats(stats, obs, False)
+        aux["learning_rate"] = learning_rate(state.step, hparams)
+        new_state = state.replace(
+            params=params,
+            opt_state=opt_state,
+            obs_stats=stats,
+            keys=keys,
+            step=state.step + 1,
+        )
+        return new_state, aux
+
     if sharded:
         mesh = jax.make_mesh(
             (config.num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
@@ -641,6 +713,8 @@ def make_ppo(config: PPOConfig) -> PPO:
         init=init,
         update=update,
         run=run,
+        policy=policy,
+        learn_batch=learn_batch,
     )
 
 
