@@ -2,6 +2,8 @@
 
     convergence-jax init [--path convergence.yaml] [--objective python ...]
     convergence-jax optimize CONFIG.yaml [--optimizer.generations 5 ...] [--quiet]
+    convergence-jax optimize CONFIG.yaml --resume OUTDIR
+    convergence-jax serve [--db runtime.db] [--config bandits.yaml] [--port 8000]
 
 Flags after the config file override its values (``--help`` lists them all).
 """
@@ -24,10 +26,12 @@ from convergence_jax.optimize.config import (
     validate,
 )
 
-USAGE = """usage: convergence-jax {init,optimize} ...
+USAGE = """usage: convergence-jax {init,optimize,serve} ...
 
   init       write a commented starter config (asks questions on a terminal)
   optimize   tune a configuration: convergence-jax optimize CONFIG.yaml [flags]
+             (--resume OUTDIR continues an interrupted run)
+  serve      the runtime bandit over HTTP: POST /select, POST /update, GET /stats
 
 Run `convergence-jax COMMAND --help` for the flags of a command.
 """
@@ -168,7 +172,18 @@ def optimize(argv: list[str]) -> int:
 
     quiet = "--quiet" in argv
     argv = [a for a in argv if a != "--quiet"]
-    prog = "convergence-jax optimize CONFIG.yaml"
+    resume = None
+    for i, a in enumerate(argv):
+        if a == "--resume" or a.startswith("--resume="):
+            if a == "--resume":
+                if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                    print("error: --resume needs the output folder", file=sys.stderr)
+                    return 2
+                resume, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+            else:
+                resume, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+            break
+    prog = "convergence-jax optimize CONFIG.yaml [--resume OUTDIR]"
     if not argv or argv[0].startswith("-"):
         if any(a in ("-h", "--help") for a in argv):
             tyro.cli(OptimizeConfig, args=argv, prog=prog)
@@ -177,9 +192,21 @@ def optimize(argv: list[str]) -> int:
     try:
         base = load_config(argv[0])
         config = tyro.cli(OptimizeConfig, default=base, args=argv[1:], prog=prog)
-        config = dataclasses.replace(config, search_space=base.search_space)
+        # Suppressed (YAML-only) fields come from the file.
+        objective = dataclasses.replace(
+            config.objective,
+            api=dataclasses.replace(
+                config.objective.api, request=base.objective.api.request
+            ),
+        )
+        config = dataclasses.replace(
+            config, search_space=base.search_space, objective=objective
+        )
+        if resume is not None:
+            output = dataclasses.replace(config.output, dir=resume)
+            config = dataclasses.replace(config, output=output)
         validate(config)
-        result = run_optimization(config, progress=not quiet)
+        result = run_optimization(config, progress=not quiet, resume=resume is not None)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -202,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         return init(rest)
     if command == "optimize":
         return optimize(rest)
+    if command == "serve":
+        from convergence_jax.runtime.serve import serve
+
+        return serve(rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,231 @@
+"""``convergence-jax serve``: the runtime bandit over HTTP (FastAPI + uvicorn).
+
+Routes:
+
+- ``POST /select`` ``{"bandit", "user_id"?, "context"?}`` ->
+  ``{"decision_id", "params", "arm", "segment"}``
+- ``POST /update`` ``{"bandit", "decision_id", "reward"}`` ->
+  ``{"decision_id", "applied", "arm", "segment"}``
+- ``GET /stats`` (all bandits) or ``GET /stats?bandit=NAME``
+- ``GET /healthz``
+
+The mutating routes (select records a decision, update applies a reward) need the API
+key, read from the environment variable ``--api-key-env`` (default
+``CONVERGENCE_API_KEY``) and sent as ``Authorization: Bearer KEY`` or
+``X-API-Key: KEY``. Bad input gets a 4xx whose ``detail`` says what is wrong: 401 (no
+or wrong key), 404 (unknown bandit or decision), 409 (a decision already has another
+reward), 422 (a missing, unknown or invalid field; a NaN or out-of-range reward).
+
+FastAPI and uvicorn are imported only by this module (the command line imports it for
+``serve`` alone), so the rest of the library does not need them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+import yaml
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from convergence_jax.runtime.bandit import (
+    DecisionConflictError,
+    Runtime,
+    RuntimeBanditError,
+    UnknownBanditError,
+    UnknownDecisionError,
+)
+
+__all__ = ["ServeArgs", "configure_from_yaml", "create_app", "serve"]
+
+CONFIGURE_KEYS = (
+    "arms",
+    "space",
+    "num_arms",
+    "seed",
+    "bandit",
+    "gamma",
+    "prior",
+    "segment_key",
+    "reward_range",
+    "replace",
+)
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    """Serve the runtime bandits of one SQLite database over HTTP."""
+
+    db: str = "convergence_runtime.db"
+    """The SQLite database (created if missing)."""
+    config: str | None = None
+    """YAML file: bandits: {NAME: {arms: ..., bandit: beta, gamma: ...}} configured
+    at start (an existing bandit with the same config is kept as it is)."""
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key_env: str = "CONVERGENCE_API_KEY"
+    """Environment variable holding the API key of the mutating routes."""
+    insecure_no_auth: bool = False
+    """Serve without an API key (only on a trusted network)."""
+    log_level: str = "warning"
+    """uvicorn log level."""
+
+
+def configure_from_yaml(runtime: Runtime, path: str | Path) -> list[str]:
+    """Configure the bandits a YAML file names; errors name the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeBanditError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RuntimeBanditError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict) or set(data) != {"bandits"}:
+        raise RuntimeBanditError(f"{path}: expected one top-level key 'bandits'")
+    bandits = data["bandits"]
+    if not isinstance(bandits, dict) or not bandits:
+        raise RuntimeBanditError(f"{path}: bandits: expected a mapping name -> config")
+    for name, spec in bandits.items():
+        where = f"{path}: bandits.{name}"
+        if not isinstance(spec, dict):
+            raise RuntimeBanditError(f"{where}: expected a mapping, got {spec!r}")
+        for key in spec:
+            if key not in CONFIGURE_KEYS:
+                close = difflib.get_close_matches(str(key), CONFIGURE_KEYS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RuntimeBanditError(
+                    f"{where}.{key}: unknown key{hint}; allowed: {list(CONFIGURE_KEYS)}"
+                )
+        spec = dict(spec)
+        if isinstance(spec.get("reward_range"), list):
+            spec["reward_range"] = tuple(spec["reward_range"])
+        try:
+            runtime.configure(str(name), spec.pop("arms", None), **spec)
+        except RuntimeBanditError as e:
+            raise RuntimeBanditError(f"{where}: {e}") from None
+    return [str(n) for n in bandits]
+
+
+class SelectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bandit: str = Field(min_length=1, description="the bandit's name")
+    user_id: str | None = None
+    context: dict[str, Any] | None = None
+
+
+class SelectResponse(BaseModel):
+    decision_id: str
+    params: dict[str, Any]
+    arm: str
+    segment: str
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bandit: str = Field(min_length=1)
+    decision_id: str = Field(min_length=1)
+    reward: float
+
+
+class UpdateResponse(BaseModel):
+    decision_id: str
+    applied: bool
+    arm: str
+    segment: str
+
+
+def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
+    """The FastAPI app over ``runtime``; ``api_key=None`` disables the key check."""
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        sent = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if sent is None and auth.lower().startswith("bearer "):
+            sent = auth[7:].strip()
+        if sent is None or not hmac.compare_digest(sent.encode(), api_key.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong API key: send 'Authorization: Bearer KEY' "
+                "or 'X-API-Key: KEY'",
+            )
+
+    app = FastAPI(title="convergence-jax runtime", version="1")
+
+    @app.exception_handler(RuntimeBanditError)
+    async def bandit_error(request: Request, exc: RuntimeBanditError):
+        if isinstance(exc, UnknownBanditError | UnknownDecisionError):
+            code = 404
+        elif isinstance(exc, DecisionConflictError):
+            code = 409
+        else:
+            code = 422
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    @app.post("/select", dependencies=[Depends(check_key)])
+    def select(body: SelectRequest) -> SelectResponse:
+        choice = runtime.select(body.bandit, user_id=body.user_id, context=body.context)
+        return SelectResponse(**choice._asdict())
+
+    @app.post("/update", dependencies=[Depends(check_key)])
+    def update(body: UpdateRequest) -> UpdateResponse:
+        result = runtime.update(body.bandit, body.decision_id, body.reward)
+        return UpdateResponse(**result._asdict())
+
+    @app.get("/stats")
+    def stats(bandit: str | None = Query(default=None)) -> dict[str, Any]:
+        if bandit is not None:
+            return runtime.stats(bandit)
+        return {"bandits": {name: runtime.stats(name) for name in runtime.names()}}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "bandits": runtime.names()}
+
+    return app
+
+
+def serve(argv: list[str]) -> int:
+    """The ``convergence-jax serve`` command."""
+    args = tyro.cli(ServeArgs, args=argv, prog="convergence-jax serve")
+    api_key = os.environ.get(args.api_key_env) or None
+    if api_key is None and not args.insecure_no_auth:
+        print(
+            f"error: set the API key in ${args.api_key_env} (or pass "
+            "--insecure-no-auth on a trusted network)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        runtime = Runtime(args.db)
+        names = configure_from_yaml(runtime, args.config) if args.config else []
+    except RuntimeBanditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    app = create_app(runtime, api_key)
+    print(
+        f"serving {len(runtime.names())} bandit(s) {names or runtime.names()} from "
+        f"{args.db} on http://{args.host}:{args.port}",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0

@@ -1,0 +1,179 @@
+"""``convergence-jax serve`` over real HTTP on 127.0.0.1."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from convergence_jax.runtime import Runtime
+from convergence_jax.runtime.serve import configure_from_yaml, create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "rt-key-5d1c9a"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def server(tmp_path):
+    import uvicorn
+
+    runtime = Runtime(tmp_path / "rt.db", seed=0)
+    runtime.configure("p", {"a": {"x": 1}, "b": {"x": 2}})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(runtime, KEY), log_level="warning", access_log=False
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.01)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client, runtime
+    srv.should_exit = True
+    thread.join(5)
+    sock.close()
+
+
+def test_select_update_stats_and_health(server):
+    client, _ = server
+    assert client.get("/healthz").json() == {"status": "ok", "bandits": ["p"]}
+    r = client.post("/select", json={"bandit": "p", "user_id": "u1"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    choice = r.json()
+    assert choice["params"] == {"a": {"x": 1}, "b": {"x": 2}}[choice["arm"]]
+    body = {"bandit": "p", "decision_id": choice["decision_id"], "reward": 1.0}
+    r = client.post("/update", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and r.json()["applied"] is True
+    r = client.post("/update", json=body, headers=AUTH)  # idempotent
+    assert r.status_code == 200 and r.json()["applied"] is False
+    stats = client.get("/stats", params={"bandit": "p"}).json()
+    assert stats["decisions"] == stats["updates"] == 1
+    assert client.get("/stats").json()["bandits"]["p"]["updates"] == 1
+
+
+def test_errors_say_what_is_wrong(server):
+    client, _ = server
+    r = client.post("/select", json={"bandit": "p"})
+    assert r.status_code == 401 and "API key" in r.json()["detail"]
+    r = client.post("/select", json={"bandit": "p"}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+    r = client.post("/select", json={"bandit": "q"}, headers=AUTH)
+    assert r.status_code == 404 and "no bandit 'q'" in r.json()["detail"]
+    r = client.post("/select", json={"bandt": "p"}, headers=AUTH)
+    assert r.status_code == 422
+    fields = {tuple(e["loc"]) for e in r.json()["detail"]}
+    assert ("body", "bandit") in fields and ("body", "bandt") in fields
+    choice = client.post("/select", json={"bandit": "p"}, headers=AUTH).json()
+    cases = [
+        ({"reward": 1.5}, 422, "outside [0.0, 1.0]"),
+        ({"reward": "high"}, 422, "reward"),
+        ({"reward": None}, 422, "reward"),
+        ({"decision_id": "nope", "reward": 1.0}, 404, "no decision 'nope'"),
+    ]
+    for edit, code, text in cases:
+        body = {"bandit": "p", "decision_id": choice["decision_id"]} | edit
+        r = client.post("/update", json=body, headers=AUTH)
+        assert r.status_code == code, (edit, r.text)
+        assert text in r.text, (edit, r.text)
+    decision = choice["decision_id"]
+    nan = f'{{"bandit": "p", "decision_id": "{decision}", "reward": NaN}}'
+    r = client.post(
+        "/update", content=nan, headers=AUTH | {"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "finite" in r.text
+    body = {"bandit": "p", "decision_id": choice["decision_id"], "reward": 0.0}
+    assert client.post("/update", json=body, headers=AUTH).json()["applied"]
+    r = client.post("/update", json=body | {"reward": 1.0}, headers=AUTH)
+    assert r.status_code == 409 and "already has reward 0.0" in r.json()["detail"]
+    r = client.get("/stats", params={"bandit": "nope"})
+    assert r.status_code == 404
+
+
+def test_concurrent_clients_lose_no_update(server):
+    client, runtime = server
+
+    def cycles(n):
+        for _ in range(n):
+            d = client.post("/select", json={"bandit": "p"}, headers=AUTH).json()
+            body = {"bandit": "p", "decision_id": d["decision_id"], "reward": 0.5}
+            assert client.post("/update", json=body, headers=AUTH).status_code == 200
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(cycles, [40] * 4))
+    stats = runtime.stats("p")
+    assert stats["updates"] == stats["decisions"] == 160
+    arms = stats["segments"]["default"]["arms"]
+    assert math.fsum(a["updates"] for a in arms) == 160
+
+
+def test_yaml_config_errors_name_the_key(tmp_path):
+    runtime = Runtime(tmp_path / "rt.db")
+    path = tmp_path / "bandits.yaml"
+    path.write_text("bandits:\n  p:\n    arms: [a, b]\n    gama: 0.9\n")
+    with pytest.raises(ValueError, match=r"bandits.p.gama: unknown key \(did you mean"):
+        configure_from_yaml(runtime, path)
+    path.write_text("bandits:\n  p:\n    arms: [a, b]\n    gamma: 2\n")
+    with pytest.raises(ValueError, match=r"bandits.p: gamma \(discount\) must be"):
+        configure_from_yaml(runtime, path)
+
+
+def test_cli_serve(tmp_path):
+    (tmp_path / "bandits.yaml").write_text(
+        "bandits:\n"
+        "  prompt:\n"
+        "    arms: {short: {max_tokens: 128}, long: {max_tokens: 512}}\n"
+        "    bandit: gaussian\n"
+        "    reward_range: [0, 10]\n"
+        "    gamma: 0.99\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CONVERGENCE_API_KEY": KEY}
+    command = [sys.executable, "-m", "convergence_jax.cli", "serve"]
+    no_key = {k: v for k, v in env.items() if k != "CONVERGENCE_API_KEY"}
+    out = subprocess.run(command, env=no_key, capture_output=True, text=True)
+    assert out.returncode == 2 and "CONVERGENCE_API_KEY" in out.stderr
+    args = ["--db", str(tmp_path / "rt.db"), "--config", str(tmp_path / "bandits.yaml")]
+    proc = subprocess.Popen(
+        command + args + ["--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        choice = httpx.post(url + "/select", json={"bandit": "prompt"}, headers=AUTH)
+        assert choice.json()["params"]["max_tokens"] in (128, 512)
+        body = {"bandit": "prompt", "decision_id": choice.json()["decision_id"]}
+        r = httpx.post(url + "/update", json=body | {"reward": 11}, headers=AUTH)
+        assert r.status_code == 422 and "outside [0.0, 10.0]" in r.text
+        r = httpx.post(url + "/update", json=body | {"reward": 7}, headers=AUTH)
+        assert r.json()["applied"]
+        stats = httpx.get(url + "/stats", params={"bandit": "prompt"}).json()
+        assert stats["kind"] == "gaussian" and stats["updates"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
