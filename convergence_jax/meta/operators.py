@@ -33,6 +33,7 @@ from convergence_jax.evolution.selection import _log_choose, rank_order
 __all__ = [
     "CROSSOVER",
     "MUTATION",
+    "clear_niches",
     "SELECTION",
     "layer_swap",
     "layerwise",
@@ -118,14 +119,21 @@ def diversity(key, score, order, n, params, distances):
     below every uncleared one, so each niche keeps at most ``niche_capacity``
     winners and the tournament spreads parents over niches.
     """
-    size = score.shape[0]
-    active = jnp.arange(size) < n
-    near = (distances < params.diversity_threshold) & active[None, :]
+    cleared = clear_niches(
+        score, n, distances, params.diversity_threshold, params.niche_capacity
+    )
+    return tournament(key, cleared, rank_order(cleared), n, params, None)
+
+
+def clear_niches(score, n, distances, threshold, capacity):
+    """Scores after clearing: rows with ``>= capacity`` better active rows closer
+    than ``threshold`` drop to :data:`CLEARED`."""
+    active = jnp.arange(score.shape[0]) < n
+    near = (distances < threshold) & active[None, :]
     better = score[None, :] > score[:, None]
     num_better = jnp.sum(near & better, axis=1)
-    cleared = (num_better >= params.niche_capacity) & jnp.isfinite(score)
-    cleared_score = jnp.where(cleared, CLEARED, score)
-    return tournament(key, cleared_score, rank_order(cleared_score), n, params, None)
+    cleared = (num_better >= capacity) & jnp.isfinite(score)
+    return jnp.where(cleared, CLEARED, score)
 
 
 SELECTION = {
