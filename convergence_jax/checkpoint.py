@@ -24,7 +24,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["all_steps", "latest_step", "restore", "restore_tree", "save", "save_tree"]
+__all__ = [
+    "AsyncTreeWriter",
+    "all_steps",
+    "latest_step",
+    "restore",
+    "restore_tree",
+    "save",
+    "save_tree",
+]
 
 
 def _is_key(x) -> bool:
@@ -144,3 +152,30 @@ def restore_tree(path: str | Path, like: Any) -> Any:
     with ocp.StandardCheckpointer() as checkpointer:
         stored = checkpointer.restore(path, _target(like))
     return _rewrap(like, stored)
+
+
+class AsyncTreeWriter:
+    """``save_tree`` in the background (orbax async checkpointing).
+
+    ``save(path, tree)`` returns once the arrays are copied to host memory; the
+    write and its atomic rename finish on a background thread, so a training
+    loop keeps computing meanwhile. A new save first waits for the previous
+    one; ``wait()`` blocks until everything is on disk (call it before reading
+    a path back — ``restore`` does). A crash mid-write leaves no folder at
+    ``path``, only orbax's temporary one.
+    """
+
+    def __init__(self):
+        self._checkpointer = ocp.StandardCheckpointer()
+
+    def save(self, path: str | Path, tree: Any) -> Path:
+        path = Path(path).absolute()
+        self._checkpointer.save(path, _to_storable(tree), force=True)
+        return path
+
+    def wait(self) -> None:
+        self._checkpointer.wait_until_finished()
+
+    def restore(self, path: str | Path, like: Any) -> Any:
+        self.wait()
+        return restore_tree(path, like)

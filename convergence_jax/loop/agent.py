@@ -112,6 +112,17 @@ def _compiled(config: PPOConfig) -> _CompiledPPO:
     return _COMPILED[cache_key]
 
 
+_WRITER: list[checkpoint.AsyncTreeWriter] = []
+
+
+def _shared_writer() -> checkpoint.AsyncTreeWriter:
+    """One background writer for every agent, so that reading a snapshot waits
+    for a write started by any agent (a variant loads its parent's weights)."""
+    if not _WRITER:
+        _WRITER.append(checkpoint.AsyncTreeWriter())
+    return _WRITER[0]
+
+
 class PPOAgent:
     """Jitted PPO (``convergence_jax.rl``) behind the six-method protocol.
 
@@ -120,7 +131,8 @@ class PPOAgent:
     ``num_envs = config.num_envs`` and ``window_steps = config.num_steps``
     collected with the current parameters. Hyperparameters are ``PPOHParams``
     arrays, so ``set_hyperparams`` never recompiles. Weights (parameters,
-    optimizer state, observation statistics) are saved with orbax. The update
+    optimizer state, observation statistics) are saved with orbax, in the
+    background (``wait_until_saved`` blocks until they are on disk). The update
     counter is the agent's own: with ``anneal_lr`` the learning rate decays over
     ``config.total_timesteps`` (a schedule horizon, not a stopping rule), and an
     agent that loads weights keeps its place in its schedule — a spawned variant
@@ -137,6 +149,7 @@ class PPOAgent:
         self._key = jax.random.key(seed)
         self._key, init_key = jax.random.split(self._key)
         self.state = self._compiled.init(init_key, self.hparams)
+        self._writer = _shared_writer()
 
     # -- the six methods ------------------------------------------------------
 
@@ -175,11 +188,16 @@ class PPOAgent:
         )
 
     def save_weights(self, path) -> None:
-        checkpoint.save_tree(path, self._weights(), overwrite=True)
+        """Asynchronous (orbax): returns once the weights are in host memory."""
+        self._writer.save(path, self._weights())
 
     def load_weights(self, path) -> None:
-        weights = checkpoint.restore_tree(path, like=self._weights())
+        weights = self._writer.restore(path, like=self._weights())
         self.state = self.state.replace(**weights)
+
+    def wait_until_saved(self) -> None:
+        """Block until every ``save_weights`` is on disk."""
+        self._writer.wait()
 
     # -- for pipelines and ensembles -----------------------------------------
 

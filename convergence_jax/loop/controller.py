@@ -205,6 +205,9 @@ class RLOptimizer:
             for pipeline in (self.pipeline, self.val_pipeline):
                 if pipeline is not None and hasattr(pipeline, "teardown"):
                     pipeline.teardown()
+        wait = getattr(self.agent, "wait_until_saved", None)
+        if callable(wait):  # background checkpoint writes land before we return
+            wait()
         timing["total"] = time.perf_counter() - started
         timing["overhead"] = timing["total"] - timing["learn"] - timing["act"]
         result = LoopResult(

@@ -66,6 +66,12 @@ class CheckpointRegistry:
             data = json.loads(manifest.read_text())
             self._next_id = data["next_id"]
             self._snapshots = [Snapshot(**entry) for entry in data["snapshots"]]
+        # Entries whose weights never reached disk (an agent that saves in the
+        # background and a crash before the write finished) are dropped.
+        kept = [s for s in self._snapshots if Path(s.path).exists()]
+        if len(kept) != len(self._snapshots):
+            self._snapshots = kept
+            self._write_manifest()
         known = {Path(s.path).name for s in self._snapshots}
         for child in self.directory.glob("snapshot_*"):
             if child.name not in known:  # weights whose entry never landed

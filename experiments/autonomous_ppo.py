@@ -1,0 +1,212 @@
+"""PPO on a gymnax environment under the autonomous loop, until it converges.
+
+    python experiments/autonomous_ppo.py                      # CartPole-v1
+    python experiments/autonomous_ppo.py --max-spawns 2 --out-dir runs/auto
+
+The loop trains in windows of ``num_envs x num_steps`` steps, scores every
+``interval`` windows on a validation pipeline (fresh episodes, never learned
+from), backs off while nothing beats the noise, and at DORMANT hands over to
+the policy manager: roll back to the best checkpoint, spawn a variant with
+adaptively perturbed hyperparameters, and, with the spawn budget used, stop and
+print the training report. Writes ``records.jsonl`` (one line per evaluation),
+``loop.png`` (score, loop state and hyperparameters over time), ``summary.json``
+and the checkpoint registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from convergence_jax import loop, rl
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "CartPole-v1"
+    """A gymnax environment with discrete actions."""
+    seed: int = 0
+    """Seed of the first agent and the pipelines."""
+    num_envs: int = 8
+    """Training environments per window."""
+    num_steps: int = 128
+    """Steps per environment per window (one PPO update per window)."""
+    learning_rate: float = 1e-3
+    """Adam step size of the first agent."""
+    lr_horizon: int = 300_000
+    """Environment steps over which the learning rate decays to 0 (a schedule,
+    not a stopping rule: the loop stops when it detects convergence)."""
+    val_envs: int = 32
+    """Validation environments; each plays one fresh episode per evaluation."""
+    val_steps: int = 500
+    """Steps per validation window (CartPole's episode limit)."""
+    trend_window: int = 8
+    """Evaluations in the scheduler's trend window."""
+    plateau_threshold: int = 4
+    """Non-improvements before COOLING."""
+    dormant_threshold: int = 12
+    """Non-improvements before DORMANT."""
+    max_interval: float = 16.0
+    """Largest gap between evaluations, in windows."""
+    max_spawns: int = 1
+    """Variants the policy manager may spawn before stopping."""
+    max_episodes: int = 2_000
+    """Safety cap on windows (the loop normally stops at DORMANT long before)."""
+    out_dir: str = "runs/autonomous_ppo"
+    """Where records, plot, summary and checkpoints go."""
+    verbose: bool = True
+    """Print one line per evaluation."""
+
+
+def build(config: Config):
+    """The agent factory, pipelines, manager and loop of ``config``."""
+    ppo_config = rl.PPOConfig(
+        env_id=config.env_id,
+        num_envs=config.num_envs,
+        num_steps=config.num_steps,
+        learning_rate=config.learning_rate,
+        total_timesteps=config.lr_horizon,
+        anneal_lr=True,
+    )
+    spawned = iter(range(1, 10**6))
+
+    def agent_factory():
+        return loop.PPOAgent(ppo_config, seed=config.seed + 1000 * next(spawned))
+
+    agent = loop.PPOAgent(ppo_config, seed=config.seed)
+    agent.name = "agent-0"
+    train = loop.BatchPipeline(
+        config.env_id, config.num_envs, config.num_steps, seed=config.seed + 1
+    )
+    val = loop.BatchPipeline(
+        config.env_id,
+        config.val_envs,
+        config.val_steps,
+        seed=config.seed + 2,
+        reset_each_window=True,
+    )
+    num_actions = int(agent.ppo.network.action_dim)
+    manager = loop.PolicyManager(
+        agent_factory,
+        max_spawns=config.max_spawns,
+        bounds={"learning_rate": (1e-5, 1e-2), "ent_coef": (0.0, 0.05)},
+        perturb=["learning_rate"],
+        max_slope=10.0,
+        num_actions=num_actions,
+        seed=config.seed,
+    )
+    out = Path(config.out_dir)
+    registry = loop.CheckpointRegistry(out / "checkpoints", max_snapshots=3)
+    params = loop.BackoffParams(
+        plateau_threshold=config.plateau_threshold,
+        dormant_threshold=config.dormant_threshold,
+        max_interval=config.max_interval,
+        noise_floor=1.0,
+    )
+    controller = loop.RLOptimizer(
+        agent,
+        train,
+        val_pipeline=val,
+        scheduler_params=params,
+        trend_window=config.trend_window,
+        registry=registry,
+        policy_manager=manager,
+        max_episodes=config.max_episodes,
+        verbose=config.verbose,
+    )
+    return controller, manager, val
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["env_steps"] for r in records]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    ax = axes[0]
+    ax.plot(steps, [r["val_score"] for r in records], ".", label="validation score")
+    ax.plot(steps, [r["train_score"] for r in records], ".", alpha=0.4, label="train")
+    ax.plot(steps, [r["level"] for r in records], "-", label="trend level (mean)")
+    ax.plot(steps, [r["lower"] for r in records], ":", label="lower bound")
+    for r in records:
+        if r["improved"]:
+            ax.axvline(r["env_steps"], color="green", alpha=0.15)
+    ax.set_ylabel("return")
+    ax.legend(loc="lower right", fontsize=8)
+    names = loop.STATE_NAMES
+    ax = axes[1]
+    ax.step(steps, [names.index(r["state"]) for r in records], where="post")
+    ax.set_yticks(range(len(names)), names)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["interval"] for r in records], "k:", alpha=0.5)
+    ax2.set_ylabel("interval (windows)")
+    ax.set_ylabel("loop state")
+    ax = axes[2]
+    for name in ("learning_rate", "ent_coef"):
+        ax.plot(steps, [r["hyperparams"][name] for r in records], label=name)
+    ax.set_yscale("log")
+    ax.set_ylabel("hyperparameter")
+    ax.set_xlabel("environment steps")
+    ax.legend(fontsize=8)
+    agents = [r["agent"] for r in records]
+    for i in range(1, len(records)):
+        if agents[i] != agents[i - 1]:
+            for a in axes:
+                a.axvline(steps[i], color="red", ls="--", alpha=0.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def main(config: Config) -> dict:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    controller, manager, val = build(config)
+    started = time.perf_counter()
+    result = controller.run()
+    seconds = time.perf_counter() - started
+    with open(out / "records.jsonl", "w") as f:
+        for record in result.records:
+            f.write(json.dumps(_clean(record)) + "\n")
+    plot(result.records, out / "loop.png")
+    ensemble = manager.ensemble()
+    ensemble_scores = loop.Evaluator().score(val.collect(ensemble)).primary_score
+    summary = {
+        "reason": result.reason,
+        "reached_dormant": any(r["dormant"] for r in result.records),
+        "best_val_score": result.best_score,
+        "best_window": result.best.window if result.best else None,
+        "ensemble_val_score": ensemble_scores,
+        "windows": result.windows,
+        "env_steps": result.env_steps,
+        "seconds": seconds,
+        "timing": result.timing,
+        "overhead_fraction": result.timing["overhead"] / result.timing["total"],
+        "status": manager.status(controller),
+    }
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
+    print(
+        f"best validation return {summary['best_val_score']:.1f}; ensemble "
+        f"{ensemble_scores:.1f}; {result.env_steps} steps in {seconds:.1f} s; "
+        f"loop overhead {100 * summary['overhead_fraction']:.1f}% -> {out}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config))
