@@ -41,6 +41,7 @@ __all__ = [
     "load_learned_strategies",
     "make_curves",
     "make_evaluate",
+    "make_meta_fitness",
     "make_meta_step",
     "meta_train",
 ]
@@ -159,6 +160,31 @@ def make_evaluate(
         return run_metrics(curves, spreads, n, max_population_size, params.threshold)
 
     return evaluate
+
+
+def make_meta_fitness(
+    tasks,
+    *,
+    max_population_size: int,
+    num_generations: int,
+    num_seeds: int,
+    params: MetaParams | None = None,
+):
+    """``fitness(key, genomes [N]) -> [N]``: the weighted-sum meta-fitness (for
+    :func:`convergence_jax.meta.attribute` and other batch evaluations)."""
+    params = default_meta_params() if params is None else params
+    evaluate = make_evaluate(
+        tasks,
+        max_population_size=max_population_size,
+        num_generations=num_generations,
+        num_seeds=num_seeds,
+    )
+
+    def fitness(key, genomes):
+        metrics = evaluate(key, genomes, params)
+        return meta_fitness(metrics, params.weights)[0]
+
+    return fitness
 
 
 def _tournament(key, fitness, num, size):
