@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import hmac
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from convergence_jax.runtime.bandit import (
     UnknownDecisionError,
 )
 
-__all__ = ["ServeArgs", "configure_from_yaml", "create_app", "serve"]
+__all__ = ["ServeArgs", "app_from_env", "configure_from_yaml", "create_app", "serve"]
 
 CONFIGURE_KEYS = (
     "arms",
@@ -79,6 +80,9 @@ class ServeArgs:
     """Serve without an API key (only on a trusted network)."""
     log_level: str = "warning"
     """uvicorn log level."""
+    workers: int = 1
+    """uvicorn worker processes; each opens the database (writes are serialized by
+    its lock, so counts stay exact)."""
 
 
 def configure_from_yaml(runtime: Runtime, path: str | Path) -> list[str]:
@@ -196,10 +200,23 @@ def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
     return app
 
 
+_WORKER_ENV = "_CONVERGENCE_SERVE_WORKER"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one uvicorn worker process (``--workers N``)."""
+    settings = json.loads(os.environ[_WORKER_ENV])
+    api_key = None if settings["insecure"] else os.environ[settings["api_key_env"]]
+    return create_app(Runtime(settings["db"]), api_key)
+
+
 def serve(argv: list[str]) -> int:
     """The ``convergence-jax serve`` command."""
     args = tyro.cli(ServeArgs, args=argv, prog="convergence-jax serve")
     api_key = os.environ.get(args.api_key_env) or None
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     if api_key is None and not args.insecure_no_auth:
         print(
             f"error: set the API key in ${args.api_key_env} (or pass "
@@ -215,17 +232,29 @@ def serve(argv: list[str]) -> int:
         return 2
     import uvicorn
 
-    app = create_app(runtime, api_key)
     print(
         f"serving {len(runtime.names())} bandit(s) {names or runtime.names()} from "
-        f"{args.db} on http://{args.host}:{args.port}",
+        f"{args.db} on http://{args.host}:{args.port} ({args.workers} worker(s))",
         flush=True,
     )
+    options = dict(
+        host=args.host, port=args.port, log_level=args.log_level, access_log=False
+    )
+    if args.workers == 1:
+        uvicorn.run(create_app(runtime, api_key), **options)
+        return 0
+    runtime.close()
+    os.environ[_WORKER_ENV] = json.dumps(
+        {
+            "db": str(Path(args.db).resolve()),
+            "api_key_env": args.api_key_env,
+            "insecure": api_key is None,
+        }
+    )
     uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
+        "convergence_jax.runtime.serve:app_from_env",
+        factory=True,
+        workers=args.workers,
+        **options,
     )
     return 0
