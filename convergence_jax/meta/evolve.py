@@ -276,6 +276,7 @@ class LearnedStrategies:
         payload = {
             "format": "convergence_jax.meta.learned_strategies",
             "version": 1,
+            "genome_class": type(self.universal).__name__,
             "universal_best": gn.genome_to_dict(self.universal),
             "best_for_task": {
                 name: gn.genome_to_dict(g) for name, g in self.per_task.items()
@@ -293,10 +294,18 @@ def load_learned_strategies(path) -> LearnedStrategies:
         raise ValueError(f"{path}: not a JSON file ({err})") from None
     if payload.get("format") != "convergence_jax.meta.learned_strategies":
         raise ValueError(f"{path}: not a learned-strategies file")
+    from convergence_jax.meta.learning_rules import LearningRule
+
+    classes = {"Genome": Genome, "LearningRule": LearningRule}
+    cls_name = payload.get("genome_class", "Genome")
+    if cls_name not in classes:
+        raise ValueError(f"{path}: unknown genome_class {cls_name!r}")
+    cls = classes[cls_name]
     return LearnedStrategies(
-        universal=gn.genome_from_dict(payload["universal_best"]),
+        universal=gn.genome_from_dict(payload["universal_best"], genome_cls=cls),
         per_task={
-            name: gn.genome_from_dict(g) for name, g in payload["best_for_task"].items()
+            name: gn.genome_from_dict(g, genome_cls=cls)
+            for name, g in payload["best_for_task"].items()
         },
         info=payload.get("info", {}),
     )
@@ -419,22 +428,59 @@ def meta_train(
             f"initial_genomes: expected a batch of {num_genomes} genomes, got shape "
             f"{jax.tree.leaves(initial_genomes)[0].shape}"
         )
-    step = jax.jit(
-        make_meta_step(
-            families,
-            max_population_size=max_population_size,
-            num_generations=num_generations,
-            num_seeds=num_seeds,
-            num_elites=num_elites,
-            ranking=ranking,
-            specs=specs,
-        )
+    step = make_meta_step(
+        families,
+        max_population_size=max_population_size,
+        num_generations=num_generations,
+        num_seeds=num_seeds,
+        num_elites=num_elites,
+        ranking=ranking,
+        specs=specs,
     )
-    keys = jax.random.split(key_loop, num_meta_generations + final_rounds)
+    config = {
+        "num_genomes": num_genomes,
+        "num_meta_generations": num_meta_generations,
+        "max_population_size": max_population_size,
+        "min_population_size": min_population_size,
+        "num_generations": num_generations,
+        "num_seeds": num_seeds,
+        "num_elites": num_elites,
+        "ranking": ranking,
+        "weights": [float(w) for w in np.asarray(params.weights)],
+        "threshold": float(params.threshold),
+    }
+    return run_meta_evolution(
+        step,
+        initial_genomes,
+        params,
+        key_loop,
+        num_meta_generations=num_meta_generations,
+        final_rounds=final_rounds,
+        callback=callback,
+        task_names=task_names(families),
+        config=config,
+    )
+
+
+def run_meta_evolution(
+    step,
+    initial_genomes,
+    params,
+    key,
+    *,
+    num_meta_generations: int,
+    final_rounds: int,
+    callback,
+    task_names: tuple[str, ...],
+    config: dict,
+) -> MetaResult:
+    """The host loop shared by :func:`meta_train` and the learning-rule version:
+    jit ``step`` once, run the meta-generations, re-score the final population."""
+    step = jax.jit(step)
+    keys = jax.random.split(key, num_meta_generations + max(final_rounds, 1))
     start = time.perf_counter()
     compiled = step.lower(keys[0], initial_genomes, params).compile()
     compile_seconds = time.perf_counter() - start
-
     genomes = initial_genomes
     records = []
     start = time.perf_counter()
@@ -472,21 +518,9 @@ def meta_train(
     history["genomes"] = jax.tree.map(
         lambda *xs: np.stack(xs), *[r["genomes"] for r in records]
     )
-    config = {
-        "num_genomes": num_genomes,
-        "num_meta_generations": num_meta_generations,
-        "max_population_size": max_population_size,
-        "min_population_size": min_population_size,
-        "num_generations": num_generations,
-        "num_seeds": num_seeds,
-        "num_elites": num_elites,
-        "ranking": ranking,
-        "weights": [float(w) for w in np.asarray(params.weights)],
-        "threshold": float(params.threshold),
-    }
     return MetaResult(
         history=history,
-        task_names=task_names(families),
+        task_names=tuple(task_names),
         genomes=jax.device_get(genomes),
         final_fitness=np.mean(totals, axis=0),
         final_per_task=np.mean(task_totals, axis=0),
