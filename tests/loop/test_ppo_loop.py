@@ -1,0 +1,97 @@
+"""PPO under the loop: the agent adapter, compiled pipelines, PBT, the experiment."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from convergence_jax import loop, rl
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = rl.PPOConfig(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=1)
+
+
+def test_ppo_agent_protocol_no_recompile_and_weights(tmp_path):
+    agent = loop.PPOAgent(TINY, seed=0)
+    loop.check_agent(agent)
+    pipe = loop.BatchPipeline("CartPole-v1", 4, 16, seed=1)
+    data = pipe.collect(agent)  # compiled acting through jax_policy
+    assert data.rewards.shape == (16, 4) and data.num_steps == 64
+    agent.learn(data)
+    agent.set_hyperparams({"learning_rate": 1e-3, "ent_coef": 0.0})
+    metrics = agent.learn(pipe.collect(agent))
+    assert agent._compiled.learn._cache_size() == 1  # numbers never recompile
+    assert {"policy_loss", "value_loss", "learning_rate"} <= set(metrics)
+    assert agent.get_hyperparams()["learning_rate"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown"):
+        agent.set_hyperparams({"lr": 1.0})
+    agent.save_weights(tmp_path / "w")
+    other = loop.PPOAgent(TINY, seed=5)
+    other.load_weights(tmp_path / "w")
+    obs = np.asarray(data.observations[0])
+    np.testing.assert_allclose(
+        other.action_probabilities(obs), agent.action_probabilities(obs), rtol=1e-6
+    )
+    # Acting step by step (plain agents) gives windows of the same layout.
+    plain = pipe.collect(type("A", (), {"act": agent.act})())
+    assert plain.rewards.shape == (16, 4)
+    with pytest.raises(ValueError, match="expected rewards of shape"):
+        agent.learn(loop.BatchPipeline("CartPole-v1", 4, 8).collect(agent))
+
+
+def test_ensemble_of_ppo_agents_acts_compiled():
+    a, b = loop.PPOAgent(TINY, seed=0), loop.PPOAgent(TINY, seed=1)
+    ens = loop.EnsembleAgent([a, b], [0.25, 0.75], discrete=True)
+    assert ens.jax_policy() is not None
+    data = loop.BatchPipeline("CartPole-v1", 4, 16, reset_each_window=True).collect(ens)
+    obs = np.asarray(data.observations[3])
+    expected = np.argmax(
+        0.25 * a.action_probabilities(obs) + 0.75 * b.action_probabilities(obs), -1
+    )
+    np.testing.assert_array_equal(ens.act(obs), expected)
+
+
+def test_pbt_exploits_inside_the_program_and_independent_does_not():
+    config = rl.PPOConfig(num_envs=2, num_steps=16, num_minibatches=2, anneal_lr=False)
+    hp = rl.hparam_grid(config, learning_rate=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    pbt = jax.jit(loop.make_pbt(config, num_rounds=2, exploit_every=2))
+    _, metrics = pbt(jax.random.key(0), hp)
+    source = np.asarray(metrics["source"])
+    assert source.shape == (2, 5)
+    assert (source != np.arange(5)).sum(1).tolist() == [1, 1]  # bottom 20% of 5
+    lrs = np.asarray(metrics["hparams"].learning_rate)
+    np.testing.assert_allclose(lrs[0], [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], rtol=1e-6)
+    independent = jax.jit(loop.make_pbt(config, 2, 2, exploit=False))
+    _, ind = independent(jax.random.key(0), hp)
+    np.testing.assert_array_equal(
+        np.asarray(ind["source"]), np.tile(np.arange(5), (2, 1))
+    )
+    with pytest.raises(ValueError, match="anneal_lr=False"):
+        loop.make_pbt(rl.PPOConfig(), 1, 1)
+
+
+def test_autonomous_cartpole_reaches_dormant_with_best_val_475(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "autonomous_ppo", ROOT / "experiments" / "autonomous_ppo.py"
+    )
+    exp = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = exp
+    spec.loader.exec_module(exp)
+    summary = exp.main(exp.Config(seed=1, out_dir=str(tmp_path), verbose=False))
+    assert summary["reached_dormant"]
+    assert summary["best_val_score"] >= 475
+    printed = capsys.readouterr().out
+    assert "training report" in printed and "spawns used:        1 / 1" in printed
+    assert (tmp_path / "loop.png").stat().st_size > 10_000
+    records = [
+        json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()
+    ]
+    assert {r["state"] for r in records} >= {"ACTIVE", "COOLING", "DORMANT"}
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["status"]["ensemble_size"]
+        == 2
+    )
