@@ -364,3 +364,29 @@ def test_plain_endpoint_with_header_auth_and_custom_fields(tmp_path, fake, monke
         assert TOKEN not in str(info.value) and "***" in str(info.value)
     finally:
         objective.close()
+
+
+def test_example_openai_config_runs_against_a_local_server(fake, monkeypatch):
+    """examples/openai_chat.yaml with its base_url pointed at the fake server."""
+    import dataclasses
+
+    from convergence_jax.optimize import load_config
+    from tests.optimize.test_run_optimization import ROOT
+
+    monkeypatch.setenv("OPENAI_API_KEY", TOKEN)
+    config = load_config(ROOT / "examples" / "openai_chat.yaml")
+    assert config.objective.api.auth.token_env == "OPENAI_API_KEY"
+    api = dataclasses.replace(config.objective.api, base_url=fake.base_url)
+    config = dataclasses.replace(
+        config, objective=dataclasses.replace(config.objective, api=api)
+    )
+    objective = http_objective(config)
+    try:
+        params = {"temperature": 0.3, "top_p": 1.0, "model": "gpt-4o-mini"}
+        got = objective(params | {"max_tokens": 64})
+    finally:
+        objective.close()
+    assert got.metrics["quality"] == 0.0  # the fake knows none of these answers
+    assert got.metrics["output_tokens"] == 20
+    assert got.metrics["cost_usd"] == pytest.approx((10 * 0.15 + 20 * 0.60) / 1e6)
+    assert fake.requests["gpt-4o-mini"] == 6
