@@ -1,11 +1,15 @@
 """Tune any objective with Thompson sampling + evolution: configs, objectives, reports.
 
 ``run_optimization(config)`` is the Python entry point and ``convergence-jax optimize``
-the command line; both read the same ``OptimizeConfig``.
+the command line; both read the same ``OptimizeConfig``. Objectives: JAX functions,
+Python callables, HTTP endpoints (``http_objective``) and the bundled simulator.
 """
 
 from convergence_jax.optimize.config import (
+    ApiConfig,
+    AuthConfig,
     ConfigError,
+    JudgeConfig,
     MetricConfig,
     ObjectiveConfig,
     OptimizeConfig,
@@ -15,14 +19,19 @@ from convergence_jax.optimize.config import (
     load_config,
     reward_spec,
 )
-from convergence_jax.optimize.evaluate import Evaluation, evaluate_batch
+from convergence_jax.optimize.evaluate import Evaluation, Result, evaluate_batch
+from convergence_jax.optimize.http import HttpCallError, http_objective
 from convergence_jax.optimize.metrics import MetricSpec, RewardSpec
 from convergence_jax.optimize.run import OptimizationResult, run_optimization
 from convergence_jax.optimize.simulated import simulated_llm, simulated_llm_mean
 
 __all__ = [
+    "ApiConfig",
+    "AuthConfig",
     "ConfigError",
     "Evaluation",
+    "HttpCallError",
+    "JudgeConfig",
     "MetricConfig",
     "MetricSpec",
     "ObjectiveConfig",
@@ -30,9 +39,11 @@ __all__ = [
     "OptimizeConfig",
     "OptimizerConfig",
     "OutputConfig",
+    "Result",
     "RewardSpec",
     "config_from_dict",
     "evaluate_batch",
+    "http_objective",
     "load_config",
     "reward_spec",
     "run_optimization",

@@ -108,6 +108,9 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
     best = top[0]
     n_evals = sum(len(r["evaluations"]) for r in records)
     n_failed = sum(r["failures"] for r in records)
+    n_retried = sum(
+        len(e.get("notes") or []) for r in records for e in r["evaluations"]
+    )
     names = list(config.space().names)
     metric_names = list(reward.names)
     lines = [
@@ -117,7 +120,9 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
         + (f" (`{config.objective.target}`)" if config.objective.target else ""),
         f"- generations: {len(records)}, "
         f"population {config.optimizer.population_size}, "
-        f"{n_evals} evaluations ({n_failed} failed)",
+        f"{n_evals} evaluations ({n_failed} failed"
+        + (f"; {n_retried} faults retried, see notes" if n_retried else "")
+        + ")",
         "- reward: "
         + " + ".join(f"{m.weight:g} x {m.name} ({m.goal[:3]})" for m in reward.metrics),
         "",

@@ -10,9 +10,12 @@ writes the output folder:
   configurations.
 
 A JAX objective (and the bundled simulator) runs as one compiled program; a Python
-callable runs on a bounded thread pool between compiled propose/observe/evolve steps,
-and the results are written after every generation, so an interrupted run keeps what it
-finished.
+callable or an HTTP endpoint runs on a bounded thread pool between compiled
+propose/observe/evolve steps. Such a host-loop run journals every evaluation as it
+settles (``evaluations.jsonl``) and saves its state atomically after every generation
+(``checkpoint.pkl``), so ``run_optimization(config, resume=True)`` (the CLI's
+``--resume OUTDIR``) continues an interrupted run without calling the objective again
+for anything it had finished.
 """
 
 from __future__ import annotations

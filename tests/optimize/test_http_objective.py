@@ -16,17 +16,18 @@ from convergence_jax.optimize.http import (
 from tests.optimize.fake_llm import FakeLLM, probability
 
 TOKEN = "sk-test-7f3a9c1e5b"
+TIMEOUT = 0.6  # seconds per request: loose enough for a loaded CI machine
 MODELS = ["good", "flaky", "broken", "garbage", "slow", "leaky"]
 
 
 @pytest.fixture
 def fake():
-    server = FakeLLM(token=TOKEN, slow_s=0.5)
+    server = FakeLLM(token=TOKEN, slow_s=2.5 * TIMEOUT)
     yield server
     server.close()
 
 
-def write_cases(tmp_path, n=6):
+def write_cases(tmp_path, n=4):
     cases = [{"id": f"c{i}", "input": f"q{i}", "expected": f"a{i}"} for i in range(n)]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
 
@@ -48,7 +49,7 @@ def http_config(tmp_path, base_url, **objective):
                 "base_url": base_url,
                 "auth": {"type": "bearer", "token_env": "FAKE_LLM_TOKEN"},
                 "request": {"max_tokens": 16},
-                "request_timeout_s": 0.15,
+                "request_timeout_s": TIMEOUT,
                 "retries": 2,
                 "backoff_s": 0.01,
                 "backoff_max_s": 0.05,
@@ -69,7 +70,7 @@ def http_config(tmp_path, base_url, **objective):
         "optimizer": {
             "generations": 4,
             "population_size": 10,
-            "evaluations_per_generation": 30,
+            "evaluations_per_generation": 25,
             "batch_size": 5,
             "seed": 0,
         },
@@ -117,13 +118,13 @@ def test_each_fault_is_recorded_with_its_error(tmp_path, fake, monkeypatch):
         assert flaky.metrics["quality"] == 1.0
         # a model's prices replace the defaults (its input price is 0 here)
         assert flaky.metrics["cost_usd"] == pytest.approx(16 * 4 / 1e6)
-        assert len(flaky.notes) == 2 * 6  # a 429 then a 500 for each test case
+        assert len(flaky.notes) == 2 * 4  # a 429 then a 500 for each test case
         assert "case 'c0': attempt 1: HTTP 429" in flaky.notes[0]
         assert "case 'c0': attempt 2: HTTP 500" in flaky.notes[1]
         expected = {
             "broken": "case 'c0': HttpCallError: HTTP 500",
             "garbage": "the response is not JSON: HTTP 200",
-            "slow": "timeout after 0.15 s (gave up after 3 attempts",
+            "slow": f"timeout after {TIMEOUT} s (gave up after 3 attempts",
             "leaky": "HTTP 503",
         }
         for model, message in expected.items():
@@ -150,7 +151,7 @@ def test_scripted_faults_are_retried(tmp_path, fake, monkeypatch):
         result = objective({"temperature": 0.3, "top_p": 1.0, "model": "good"})
         assert result.notes == [
             "case 'c0': attempt 1: HTTP 502: '{\"error\": \"forced 502\"}'",
-            "case 'c0': attempt 2: timeout after 0.15 s",
+            f"case 'c0': attempt 2: timeout after {TIMEOUT} s",
         ]
         assert result.metrics["quality"] == 1.0
         fake.script = [429, 500, 503]  # retries=2: three faults exhaust them
@@ -174,11 +175,11 @@ def test_optimizer_finds_the_best_region_and_records_faults(
     )
     best = result.best_config
     assert best["model"] in ("good", "flaky"), best
-    assert probability(best["temperature"], best["top_p"]) > 0.6, best
+    assert probability(best["temperature"], best["top_p"]) > 0.5, best
     out = tmp_path / "out"
     detail = json.loads((out / "detailed_results.json").read_text())
     evaluations = [e for g in detail["generations"] for e in g["evaluations"]]
-    assert len(evaluations) == 4 * 30
+    assert len(evaluations) == 4 * 25
     by_model = {
         m: [e for e in evaluations if e["config"]["model"] == m] for m in MODELS
     }
@@ -188,7 +189,7 @@ def test_optimizer_finds_the_best_region_and_records_faults(
     signature = {
         "broken": "HTTP 500",
         "garbage": "not JSON",
-        "slow": "timeout after 0.15 s",
+        "slow": f"timeout after {TIMEOUT} s",
         "leaky": "Bearer ***",
     }
     for model, text in signature.items():
@@ -200,6 +201,10 @@ def test_optimizer_finds_the_best_region_and_records_faults(
     if by_model["flaky"]:
         notes = [n for e in by_model["flaky"] for n in e["notes"]]
         assert any("HTTP 429" in n for n in notes)
+    report = (out / "report.md").read_text()
+    assert "Failed evaluations" in report and "`http`" in report
+    if by_model["flaky"]:
+        assert "faults retried, see notes" in report
     # the token is in no file the run wrote
     for path in out.iterdir():
         assert TOKEN not in path.read_bytes().decode("latin-1"), path.name
