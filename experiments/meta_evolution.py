@@ -44,9 +44,11 @@ USAGE = __doc__.split("\n\nSteps")[0]
 class Config:
     """Meta-evolution of GA strategies and learning rules."""
 
-    suite: Literal["default", "small"] = "default"
-    """Task suite: ``default`` (BBOB in D = 5, 10, 20, MLP regression, CartPole) or
-    ``small`` (BBOB in D = 3 only; for smoke tests)."""
+    suite: Literal["default", "mixed", "small"] = "default"
+    """Task suite: ``default`` (meta-train on 6 BBOB tasks; held-out BBOB in
+    D = 10, 20, MLP regression, CartPole), ``mixed`` (the same, one BBOB
+    meta-train task replaced by MLP regression) or ``small`` (BBOB in D = 3 only;
+    for smoke tests)."""
     num_genomes: int = 16
     """Strategy genomes per meta-generation."""
     num_meta_generations: int = 20
@@ -87,8 +89,9 @@ def parse(args=None) -> Config:
 
 
 def suites(config: Config):
-    if config.suite == "default":
-        return meta.task_suite(), (
+    if config.suite in ("default", "mixed"):
+        train = "bbob" if config.suite == "default" else "mixed"
+        return meta.task_suite(train=train), (
             meta.regression_family(
                 ((2.0, 0.5, 1.0), (3.0, -1.0, 0.8), (1.0, 0.0, 1.0))
             ),

@@ -177,10 +177,11 @@ def default_genome(
 ):
     """The hand-designed default: every gene at its spec default, then ``overrides``.
 
-    For :class:`Genome` that is the GA of :func:`convergence_jax.evolution.ga` with
-    its defaults: tournament (size 3), Gaussian mutation (rate 0.1, step 0.1),
-    uniform crossover (rate 0.9), 2% elites, the full population, no diversity
-    mechanisms.
+    For :class:`Genome` that is :func:`convergence_jax.evolution.ga` with its
+    defaults — tournament (size 3), Gaussian mutation (step 0.1), uniform
+    crossover (rate 0.9), 2% elites, the full population, no diversity
+    mechanisms — except the mutation rate, 0.1 instead of ``1 / num_genes``
+    (a genome does not know the task's size).
     """
     if specs is None and genome_cls is Genome:
         specs = genome_specs(max_population_size)

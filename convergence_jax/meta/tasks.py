@@ -410,22 +410,38 @@ def cartpole_family(
     return _with_reference(family, reference_samples, statistic="mean")
 
 
-def task_suite(*, reference_samples: int = 64, cartpole_steps: int = 200) -> TaskSuite:
+def task_suite(
+    *,
+    reference_samples: int = 64,
+    cartpole_steps: int = 200,
+    train: str = "bbob",
+) -> TaskSuite:
     """The default split.
 
-    Meta-train (6 tasks): sphere, Rastrigin, Rosenbrock in D = 10 and ellipsoid,
-    Ackley, Griewank in D = 5. Held-out meta-test (11 tasks): ellipsoid, Ackley,
-    Griewank and the unseen Schwefel in D = 10 (new instances); sphere, Rastrigin,
-    Rosenbrock in the unseen D = 20; MLP regression (2 targets); CartPole
-    neuroevolution (standard and long pole).
+    Meta-train (6 tasks), ``train="bbob"``: sphere, Rastrigin, Rosenbrock in
+    D = 10 and ellipsoid, Ackley, Griewank in D = 5; ``train="mixed"``: the same
+    without Griewank, plus MLP regression on ``sin(x)`` (so that learned step
+    sizes must also suit network weights). Held-out meta-test (11 tasks, the same
+    for both): ellipsoid, Ackley, Griewank and the unseen Schwefel in D = 10 (new
+    instances); sphere, Rastrigin, Rosenbrock in the unseen D = 20; MLP regression
+    (2 other targets); CartPole neuroevolution (standard and long pole).
     """
     r = reference_samples
-    train = (
+    if train not in ("bbob", "mixed"):
+        raise ValueError(f"train: expected 'bbob' or 'mixed', got {train!r}")
+    low_dim = ("ellipsoid", "ackley", "griewank")
+    if train == "mixed":
+        low_dim = low_dim[:2]
+    train_families = (
         bbob_family(("sphere", "rastrigin", "rosenbrock"), 10, instance=1,
                     reference_samples=r),
-        bbob_family(("ellipsoid", "ackley", "griewank"), 5, instance=2,
-                    reference_samples=r),
+        bbob_family(low_dim, 5, instance=2, reference_samples=r),
     )  # fmt: skip
+    if train == "mixed":
+        train_families += (
+            regression_family(((1.0, 0.0, 1.0),), reference_samples=r,
+                              name="regression-train"),
+        )  # fmt: skip
     test = (
         bbob_family(
             ("ellipsoid", "ackley", "griewank", "schwefel"),
@@ -438,4 +454,4 @@ def task_suite(*, reference_samples: int = 64, cartpole_steps: int = 200) -> Tas
         regression_family(((2.0, 0.5, 1.0), (3.0, -1.0, 0.8)), reference_samples=r),
         cartpole_family((0.5, 1.0), max_steps=cartpole_steps, reference_samples=r),
     )  # fmt: skip
-    return TaskSuite(train=train, test=test)
+    return TaskSuite(train=train_families, test=test)

@@ -65,3 +65,8 @@ def test_bad_task_arguments_fail_clearly():
         meta.regression_family(((1.0, 2.0),))
     with pytest.raises(ValueError, match="pole_lengths"):
         meta.cartpole_family((-1.0,))
+
+
+def test_task_suite_rejects_an_unknown_training_split():
+    with pytest.raises(ValueError, match="train: expected 'bbob' or 'mixed'"):
+        meta.task_suite(train="everything")
