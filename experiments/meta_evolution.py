@@ -144,7 +144,7 @@ def _plot_held_out(results, path):
         ax.plot(evals, mean, label=f"{name} (population {n})")
         ax.fill_between(evals, mean - half, mean + half, alpha=0.25)
     ax.set_xlabel("evaluations")
-    ax.set_ylabel("normalized best so far (mean over held-out tasks)")
+    ax.set_ylabel("normalized best so far\n(mean over held-out tasks)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
