@@ -129,18 +129,21 @@ def make_curves(tasks, *, max_population_size: int, num_generations: int):
         )
 
     def curves(key, genomes, num_seeds):
+        num_genomes = jax.tree.leaves(genomes)[0].shape[0]
         all_curves, all_spreads = [], []
         for i, (family, run) in enumerate(zip(families, runs, strict=True)):
-            keys = jax.random.split(
-                jax.random.fold_in(key, i), (family.num_tasks, num_seeds)
-            )
-            over_seeds = jax.vmap(run, (0, None, None))
-            over_tasks = jax.vmap(over_seeds, (0, None, 0))
-            over_genomes = jax.vmap(over_tasks, (None, 0, None))
-            raw, spread, _ = over_genomes(keys, genomes, family.data)
-            task = jax.tree.map(lambda x: x[None, :, None, None], family.data)
-            all_curves.append(normalize(family, task, raw))
-            all_spreads.append(spread)
+            num_tasks = family.num_tasks
+            keys = jax.random.split(jax.random.fold_in(key, i), (num_tasks, num_seeds))
+            # One flat vmap over (genome, task, seed) triples: the same runs as
+            # three nested vmaps, but a smaller program that compiles faster.
+            shape = (num_genomes, num_tasks, num_seeds)
+            g_idx, t_idx, s_idx = (x.reshape(-1) for x in jnp.indices(shape))
+            flat_genomes = jax.tree.map(lambda x, i=g_idx: x[i], genomes)
+            flat_tasks = jax.tree.map(lambda x, i=t_idx: x[i], family.data)
+            raw, spread, _ = jax.vmap(run)(keys[t_idx, s_idx], flat_genomes, flat_tasks)
+            raw = normalize(family, flat_tasks, raw.T).T.reshape(*shape, -1)
+            all_curves.append(raw)
+            all_spreads.append(spread.reshape(*shape, -1))
         return jnp.concatenate(all_curves, 1), jnp.concatenate(all_spreads, 1)
 
     return curves

@@ -41,11 +41,11 @@ def test_cartpole_and_regression_families():
     cart = meta.cartpole_family((0.5, 1.0), max_steps=50, num_episodes=1,
                                 reference_samples=8)  # fmt: skip
     assert cart.task_names == ("cartpole-len0.5", "cartpole-len1")
-    pop = cart.init_population(jax.random.key(0), cart.task(0), 5)
-    returns = jax.jit(cart.fitness)(cart.task(0), pop)
-    assert returns.shape == (5,)
-    assert np.all((np.asarray(returns) >= 1) & (np.asarray(returns) <= 50))
-    assert 1 <= float(cart.data["reference"][0]) <= 50
+    # The reference is the mean return of random policies (episodes of 1..50).
+    assert np.all((cart.data["reference"] > 1) & (cart.data["reference"] < 50))
+    assert cart.init_population(jax.random.key(0), cart.task(0), 5)["layer0"][
+        "kernel"
+    ].shape == (5, 4, 8)
     reg = meta.regression_family(((2.0, 0.5, 1.0),), hidden=4, num_points=8,
                                  reference_samples=8)  # fmt: skip
     pop = reg.init_population(jax.random.key(1), reg.task(0), 3)
