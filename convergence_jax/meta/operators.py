@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.random import threefry_2x32
 
 from convergence_jax.evolution import _genes as G
@@ -228,6 +229,28 @@ def dropout(key, population, sigmas, sigma, params, genes, n):
     return mutated, steps
 
 
+def _numpy_svd(x):
+    u, s, vt = np.linalg.svd(np.asarray(x), full_matrices=False)
+    return u.astype(np.float32), s.astype(np.float32), vt.astype(np.float32)
+
+
+def _host_svd(x):
+    """Thin SVD of ``[..., a, b]`` float32 matrices, computed by NumPy on the host.
+
+    jaxlib 0.10's batched LAPACK ``gesdd`` kernel on CPU can deadlock in its
+    parallel batch loop when the batch is large (seen under ``vmap`` over
+    genomes x tasks x seeds), so the decomposition goes through
+    ``jax.pure_callback`` (batched: one host call per generation).
+    """
+    k = min(x.shape[-2:])
+    shapes = (
+        jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.float32),
+        jax.ShapeDtypeStruct((*x.shape[:-2], k), jnp.float32),
+        jax.ShapeDtypeStruct((*x.shape[:-2], k, x.shape[-1]), jnp.float32),
+    )
+    return jax.pure_callback(_numpy_svd, shapes, x, vmap_method="expand_dims")
+
+
 def svd_mutation(key, population, sigmas, sigma, params, genes, n):
     """Spectrum perturbation of matrix-shaped genes (Gaussian for the others).
 
@@ -246,7 +269,7 @@ def svd_mutation(key, population, sigmas, sigma, params, genes, n):
         if len(gene.shape) != 2 or min(gene.shape) < 2:
             out.append(y)
             continue
-        u, s, vt = jnp.linalg.svd(x.astype(jnp.float32), full_matrices=False)
+        u, s, vt = _host_svd(x.astype(jnp.float32))
         k_on, k_z = jax.random.split(k)
         on = jax.random.uniform(k_on, s.shape) < params.mutation_rate
         z = jax.random.normal(k_z, s.shape)
