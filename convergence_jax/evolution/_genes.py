@@ -207,6 +207,35 @@ def check_population(genes: Genes, population, size: int, what: str = "populatio
     return leaves
 
 
+def initial_population(
+    key: jax.Array, genes: Genes, template, size: int, init_std, population=None
+) -> list[jax.Array]:
+    """The leaves of a first population of ``size`` rows.
+
+    ``population`` (checked and cast) if given; else a search space is sampled
+    uniformly within bounds, and a pytree solution gives ``template + init_std *
+    N(0, 1)``.
+    """
+    if population is not None:
+        leaves = check_population(genes, population, size, "population")
+        return [
+            jnp.asarray(x).astype(gene.dtype)
+            for gene, x in zip(genes.leaves, leaves, strict=True)
+        ]
+    keys = jax.random.split(key, len(genes.leaves))
+    if genes.from_space:
+        return [
+            sample_uniform(k, gene, size)
+            for k, gene in zip(keys, genes.leaves, strict=True)
+        ]
+    return [
+        t[None]
+        + jnp.asarray(init_std, gene.dtype)
+        * jax.random.normal(k, (size, *gene.shape), gene.dtype)
+        for k, gene, t in zip(keys, genes.leaves, template, strict=True)
+    ]
+
+
 def search_dtype(gene: Gene):
     """Float dtype used for arithmetic on a gene."""
     return gene.dtype if gene.kind == "float" else jnp.dtype(jnp.float32)

@@ -315,26 +315,9 @@ def ga(
         ``template + params.init_std * N(0, 1)``.
         """
         check_params(params)
-        if population is None:
-            keys = jax.random.split(key, len(genes.leaves))
-            if genes.from_space:
-                leaves = [
-                    G.sample_uniform(k, gene, P)
-                    for k, gene in zip(keys, genes.leaves, strict=True)
-                ]
-            else:
-                leaves = [
-                    t[None]
-                    + jnp.asarray(params.init_std, gene.dtype)
-                    * jax.random.normal(k, (P, *gene.shape), gene.dtype)
-                    for k, gene, t in zip(keys, genes.leaves, template, strict=True)
-                ]
-        else:
-            leaves = G.check_population(genes, population, P, "population")
-            leaves = [
-                jnp.asarray(x).astype(gene.dtype)
-                for gene, x in zip(genes.leaves, leaves, strict=True)
-            ]
+        leaves = G.initial_population(
+            key, genes, template, P, params.init_std, population
+        )
         population = genes.unflatten(leaves)
         sigma = jnp.asarray(params.mutation_std, jnp.float32)
         return GAState(

@@ -172,20 +172,7 @@ def strategy_ga(
         """Initial state: ``solution + init_std * N(0, 1)`` rows, or ``population``
         (``[Pmax, ...]``); fitness unknown."""
         check_params(genome)
-        if population is None:
-            keys = jax.random.split(key, len(genes.leaves))
-            leaves = [
-                t[None]
-                + jnp.asarray(init_std, gene.dtype)
-                * jax.random.normal(k, (P, *gene.shape), gene.dtype)
-                for k, gene, t in zip(keys, genes.leaves, template, strict=True)
-            ]
-        else:
-            leaves = G.check_population(genes, population, P, "population")
-            leaves = [
-                jnp.asarray(x).astype(gene.dtype)
-                for gene, x in zip(genes.leaves, leaves, strict=True)
-            ]
+        leaves = G.initial_population(key, genes, template, P, init_std, population)
         population = genes.unflatten(leaves)
         sigma = jnp.asarray(genome.mutation_strength, jnp.float32)
         return StrategyState(
