@@ -195,8 +195,11 @@ def test_kill_9_mid_generation_then_resume(tmp_path, calls_log, monkeypatch):
     entries = [json.loads(line) for line in journal.read_text().splitlines()]
     keys = [(e["generation"], e["round"], e["slot"]) for e in entries]
     assert len(keys) == len(set(keys)) == total  # each evaluation settled once
-    # every logged call made it into the results exactly once
-    assert len(before) + len(after) == total
+    # a call that finished but was not journaled before the kill was in flight:
+    # it runs again on resume (at most max_workers of them); nothing else does
+    in_flight = len(before) - len(settled)
+    assert 0 <= in_flight <= 2, (len(before), len(settled))
+    assert len(before) + len(after) == total + in_flight
 
 
 def test_resume_checks(tmp_path, calls_log):
