@@ -82,6 +82,9 @@ class Config:
     """Where the report, plots and learned strategies go."""
     progress: bool = True
     """Print one line per meta-generation."""
+    genome_axis: Literal["auto", "map", "vmap"] = "auto"
+    """How genomes are batched (speed only; see meta.make_curves): auto = map on
+    CPU, vmap on accelerators."""
 
 
 def parse(args=None) -> Config:
@@ -208,6 +211,7 @@ def main(config: Config) -> dict:
         ranking=config.ranking,
         params=params,
         callback=progress,
+        genome_axis=config.genome_axis,
     )
     result.export_learned_strategies(out / "learned_strategies.json")
     learned = result.universal_best()
@@ -222,6 +226,7 @@ def main(config: Config) -> dict:
         num_seeds=config.test_seeds,
         max_population_size=config.population,
         num_generations=config.generations,
+        genome_axis=config.genome_axis,
     )
     summary_cmp = meta.summarize_comparison(comparison)["learned"]
     _plot_held_out(comparison, out / "held_out.png")
@@ -232,6 +237,7 @@ def main(config: Config) -> dict:
         num_generations=config.generations,
         num_seeds=config.seeds,
         params=params,
+        genome_axis=config.genome_axis,
     )
     attribution = meta.attribute(
         evaluate,

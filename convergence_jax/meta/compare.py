@@ -39,9 +39,11 @@ def compare_strategies(
     num_seeds: int = 32,
     max_population_size: int = 64,
     num_generations: int = 100,
+    genome_axis: str = "auto",
 ) -> dict:
     """Run ``strategies`` (name -> :class:`~convergence_jax.meta.Genome`) on
     ``tasks``; return the raw results (NumPy) for :func:`summarize_comparison`.
+    ``genome_axis``: see :func:`convergence_jax.meta.make_curves`.
 
     Returns a dict with ``names``, ``task_names``, ``curves [K, T, S, G]``
     (normalized best-so-far), ``population_size [K]``, ``baseline``.
@@ -57,6 +59,7 @@ def compare_strategies(
         families,
         max_population_size=max_population_size,
         num_generations=num_generations,
+        genome_axis=genome_axis,
     )
     key = jax.random.key(2024) if key is None else key
     curves, _ = jax.jit(curves_fn, static_argnums=2)(key, genomes, num_seeds)
