@@ -619,7 +619,8 @@ class Runtime:
             if row is None or row[0] != name:
                 where = "" if row is None else f" (it belongs to bandit {row[0]!r})"
                 raise UnknownDecisionError(
-                    f"no decision {decision_id!r} for bandit {name!r}{where}"
+                    f"no decision {decision_id!r} for bandit {name!r}{where} "
+                    "(never made, or expired while pending)"
                 )
             _, segment, arm, previous = row
             if previous is not None:
@@ -706,6 +707,31 @@ class Runtime:
             "segments": segments,
         }
 
+    def expire(self, name: str, older_than_s: float) -> int:
+        """Delete the decisions of ``name`` still waiting for a reward after
+        ``older_than_s`` seconds; returns how many. Posteriors are untouched (a
+        pending decision never changed them); a later reward for an expired
+        decision is refused as unknown. Rewarded decisions are kept (``stats``
+        counts them)."""
+        self._load(name)
+        if (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, int | float)
+            or not math.isfinite(older_than_s)
+            or older_than_s < 0
+        ):
+            raise RuntimeBanditError(
+                f"older_than_s: expected a number of seconds >= 0, got {older_than_s!r}"
+            )
+        conn = self._conn()
+        with self._writing():
+            cursor = conn.execute(
+                "DELETE FROM decisions WHERE bandit = ? AND reward IS NULL "
+                "AND created < ?",
+                (name, time.time() - older_than_s),
+            )
+        return cursor.rowcount
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -758,6 +784,12 @@ def runtime_select(name: str, user_id=None, context=None, *, db=None) -> Selecti
 def runtime_update(name: str, decision_id: str, reward: float, *, db=None) -> Update:
     """Report a decision's reward; idempotent per decision id."""
     return _runtime(db).update(name, decision_id, reward)
+
+
+def runtime_expire(name: str, older_than_s: float, *, db=None) -> int:
+    """Delete decisions pending for longer than ``older_than_s`` seconds (see
+    ``Runtime.expire``); returns how many."""
+    return _runtime(db).expire(name, older_than_s)
 
 
 def runtime_stats(name: str, *, db=None) -> dict[str, Any]:

@@ -6,10 +6,13 @@ Routes:
   ``{"decision_id", "params", "arm", "segment"}``
 - ``POST /update`` ``{"bandit", "decision_id", "reward"}`` ->
   ``{"decision_id", "applied", "arm", "segment"}``
+- ``POST /expire`` ``{"bandit", "older_than_s"}`` -> ``{"bandit", "expired"}``:
+  delete decisions still pending after that many seconds
 - ``GET /stats`` (all bandits) or ``GET /stats?bandit=NAME``
 - ``GET /healthz``
 
-The mutating routes (select records a decision, update applies a reward) need the API
+The mutating routes (select records a decision, update applies a reward, expire
+deletes stale decisions) need the API
 key, read from the environment variable ``--api-key-env`` (default
 ``CONVERGENCE_API_KEY``) and sent as ``Authorization: Bearer KEY`` or
 ``X-API-Key: KEY``. Bad input gets a 4xx whose ``detail`` says what is wrong: 401 (no
@@ -148,6 +151,12 @@ class UpdateResponse(BaseModel):
     segment: str
 
 
+class ExpireRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bandit: str = Field(min_length=1)
+    older_than_s: float = Field(ge=0, description="seconds a decision has waited")
+
+
 def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
     """The FastAPI app over ``runtime``; ``api_key=None`` disables the key check."""
 
@@ -186,6 +195,11 @@ def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
     def update(body: UpdateRequest) -> UpdateResponse:
         result = runtime.update(body.bandit, body.decision_id, body.reward)
         return UpdateResponse(**result._asdict())
+
+    @app.post("/expire", dependencies=[Depends(check_key)])
+    def expire(body: ExpireRequest) -> dict[str, Any]:
+        count = runtime.expire(body.bandit, body.older_than_s)
+        return {"bandit": body.bandit, "expired": count}
 
     @app.get("/stats")
     def stats(bandit: str | None = Query(default=None)) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from convergence_jax.runtime import (
     UnknownBanditError,
     UnknownDecisionError,
     configure_runtime,
+    runtime_expire,
     runtime_select,
     runtime_stats,
     runtime_update,
@@ -293,3 +294,32 @@ def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path):
         > 0,
         True,
     )
+
+
+def test_expire_deletes_only_stale_pending_decisions(rt, monkeypatch):
+    rt.configure("p", ARMS)
+    old = [rt.select("p") for _ in range(3)]
+    rt.update("p", old[0].decision_id, 1.0)  # rewarded: kept
+    before = rt.stats("p")
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60.0)
+    fresh = rt.select("p")  # made "now + 60": not stale
+    assert rt.expire("p", older_than_s=30.0) == 2
+    assert rt.expire("p", older_than_s=30.0) == 0
+    stats = rt.stats("p")
+    assert stats["decisions"] == 2 and stats["pending"] == 1
+    for a, b in zip(stats["segments"]["default"]["arms"],
+                    before["segments"]["default"]["arms"], strict=True):  # fmt: skip
+        assert a["posterior_mean"] == b["posterior_mean"]  # posteriors untouched
+    with pytest.raises(UnknownDecisionError, match="expired while pending"):
+        rt.update("p", old[1].decision_id, 1.0)
+    assert rt.update("p", fresh.decision_id, 0.0).applied
+    for bad in (-1, float("nan"), "1h", True):
+        with pytest.raises(RuntimeBanditError, match="older_than_s"):
+            rt.expire("p", bad)
+    with pytest.raises(UnknownBanditError):
+        rt.expire("q", 1.0)
+    monkeypatch.undo()
+    configure_runtime("m", ARMS, db=rt.path)
+    runtime_select("m", db=rt.path)
+    assert runtime_expire("m", 0.0, db=rt.path) == 1

@@ -177,3 +177,18 @@ def test_cli_serve(tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_expire_route(server):
+    client, runtime = server
+    for _ in range(2):
+        assert client.post("/select", json={"bandit": "p"}, headers=AUTH).is_success
+    body = {"bandit": "p", "older_than_s": 0}
+    assert client.post("/expire", json=body).status_code == 401
+    r = client.post("/expire", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"bandit": "p", "expired": 2}
+    assert runtime.stats("p")["pending"] == 0
+    r = client.post("/expire", json={"bandit": "p", "older_than_s": -1}, headers=AUTH)
+    assert r.status_code == 422
+    r = client.post("/expire", json={"bandit": "q", "older_than_s": 1}, headers=AUTH)
+    assert r.status_code == 404
