@@ -62,16 +62,24 @@ def check_agent(agent: Any) -> None:
 
 
 class JaxPolicy(NamedTuple):
-    """A pure policy: ``apply(params, obs [B, ...], key) -> actions [B, ...]``."""
+    """A pure policy: ``apply(params, obs [B, ...], key) -> actions [B, ...]``.
+
+    ``to_env``, when given, maps what ``apply`` returns (the policy's own samples,
+    which learning needs) to environment actions, e.g. the squash of continuous
+    actions into the action box; pipelines then record both. None: ``apply``
+    returns environment actions."""
 
     apply: Callable[..., jax.Array]
     params: Any
+    to_env: Callable[[jax.Array], jax.Array] | None = None
 
 
 class _CompiledPPO(NamedTuple):
     ppo: PPO
     policy: Callable
-    """``policy((params, obs_stats), obs, key) -> actions``, pure."""
+    """``policy((params, obs_stats), obs, key) -> env actions``, pure."""
+    policy_action: Callable
+    """``policy_action((params, obs_stats), obs, key) -> policy samples``, pure."""
     probs: Callable
     """``probs((params, obs_stats), obs) -> [B, num_actions]``, pure."""
     init: Callable
@@ -94,6 +102,10 @@ def _compiled(config: PPOConfig) -> _CompiledPPO:
             network_params, obs_stats = params
             return ppo.policy(network_params, obs_stats, obs, key)
 
+        def policy_action(params, obs, key):
+            network_params, obs_stats = params
+            return ppo.policy_action(network_params, obs_stats, obs, key)
+
         def probs(params, obs):
             network_params, obs_stats = params
             obs = jnp.asarray(obs, jnp.float32).reshape(obs.shape[0], -1)
@@ -103,6 +115,7 @@ def _compiled(config: PPOConfig) -> _CompiledPPO:
         _COMPILED[cache_key] = _CompiledPPO(
             ppo=ppo,
             policy=policy,
+            policy_action=policy_action,
             probs=probs,
             init=jax.jit(ppo.init),
             act=jax.jit(policy),
@@ -167,6 +180,8 @@ class PPOAgent:
             "truncated": episode_data.truncated,
             "final_obs": episode_data.final_observations,
         }
+        if getattr(episode_data, "policy_actions", None) is not None:
+            batch["policy_action"] = episode_data.policy_actions
         self.state, metrics = self._compiled.learn(self.state, batch, self.hparams)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -202,9 +217,13 @@ class PPOAgent:
     # -- for pipelines and ensembles -----------------------------------------
 
     def jax_policy(self) -> JaxPolicy:
+        """The policy's samples (``apply``) and, for continuous actions, their map
+        into the action box (``to_env``), so that ``learn`` gets the samples."""
+        ppo = self._compiled.ppo
         return JaxPolicy(
-            apply=self._compiled.policy,
+            apply=self._compiled.policy_action,
             params=(self.state.params, self.state.obs_stats),
+            to_env=ppo.to_env_action if ppo.network.continuous else None,
         )
 
     def action_probabilities(self, observation) -> np.ndarray:

@@ -50,6 +50,10 @@ class EpisodeData:
     window: int = 0
     """Index of the window in its pipeline."""
     infos: Any = None
+    policy_actions: Any = None
+    """The policy's own samples when they differ from ``actions`` (continuous
+    actions squashed or clipped into the box by the policy's ``to_env``); learning
+    takes log-probabilities of these. None: ``actions`` are the samples."""
 
     @property
     def num_steps(self) -> int:
@@ -123,13 +127,18 @@ class BatchPipeline:
             next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
             return env_state, next_obs, transition
 
-        def collect(apply, params, env_state, obs, key):
+        def collect(apply, to_env, params, env_state, obs, key):
             def step(carry, key):
                 env_state, obs = carry
                 k_act, k_env = jax.random.split(key)
-                action = apply(params, obs, k_act)
-                env_state, obs, transition = env_step(k_env, env_state, obs, action)
-                return (env_state, obs), transition
+                sample = apply(params, obs, k_act)
+                action = sample if to_env is None else to_env(sample)
+                env_state, next_obs, transition = env_step(
+                    k_env, env_state, obs, action
+                )
+                if to_env is not None:
+                    transition["policy_action"] = sample
+                return (env_state, next_obs), transition
 
             keys = jax.random.split(key, window_steps)
             (env_state, obs), traj = jax.lax.scan(step, (env_state, obs), keys)
@@ -137,7 +146,7 @@ class BatchPipeline:
 
         self._reset = jax.jit(reset)
         self._env_step = jax.jit(env_step)
-        self._collect = jax.jit(collect, static_argnums=0)
+        self._collect = jax.jit(collect, static_argnums=(0, 1))
 
     def setup(self) -> None:
         self._env_state = None
@@ -158,8 +167,9 @@ class BatchPipeline:
         jax_policy = getattr(agent, "jax_policy", None)
         policy = jax_policy() if callable(jax_policy) else None
         if policy is not None:
+            to_env = getattr(policy, "to_env", None)
             self._env_state, self._obs, traj = self._collect(
-                policy.apply, policy.params, self._env_state, self._obs, key
+                policy.apply, to_env, policy.params, self._env_state, self._obs, key
             )
         else:
             self._env_state, self._obs, traj = self._act_by_step(agent, key)
@@ -182,6 +192,7 @@ class BatchPipeline:
             episode_returns=np.asarray(returns[done], np.float64),
             recent_returns=np.asarray(recent[finished], np.float64),
             window=self._window,
+            policy_actions=traj.get("policy_action"),
         )
         self._window += 1
         return data

@@ -194,6 +194,12 @@ class PPO(NamedTuple):
     learn_batch: Callable[..., tuple[TrainState, dict]]
     """``learn_batch(state, batch, hparams) -> (state, metrics)``: one PPO update on
     a rollout collected outside (e.g. by a loop pipeline) with ``policy``."""
+    policy_action: Callable[..., jax.Array]
+    """``policy_action(params, obs_stats, obs, key) -> [B, ...]``: the policy's own
+    samples (for continuous actions, before the squash or clip into the action
+    box); ``to_env_action`` of them is ``policy`` (same key, same actions)."""
+    to_env_action: Callable[[jax.Array], jax.Array]
+    """Policy samples -> environment actions (identity for discrete actions)."""
 
 
 # ------------------------------------------------------------------ validation
@@ -590,21 +596,27 @@ def make_ppo(config: PPOConfig) -> PPO:
         )
         return new_state, metrics
 
-    def policy(params, obs_stats: ObsStats, obs, key):
-        """Environment actions for a batch of raw observations (one key)."""
+    def policy_action(params, obs_stats: ObsStats, obs, key):
+        """The policy's samples for a batch of raw observations (one key)."""
         norm_obs = _normalize(obs.astype(jnp.float32), obs_stats, config.normalize_obs)
         keys = jax.random.split(key, obs.shape[0])
-        raw = jax.vmap(lambda o, k: act(params, o, k)[0])(norm_obs, keys)
-        return to_env_action(raw)
+        return jax.vmap(lambda o, k: act(params, o, k)[0])(norm_obs, keys)
+
+    def policy(params, obs_stats: ObsStats, obs, key):
+        """Environment actions for a batch of raw observations (one key)."""
+        return to_env_action(policy_action(params, obs_stats, obs, key))
 
     def learn_batch(state: TrainState, batch: dict, hparams: PPOHParams):
         """One update (GAE + epochs) on an outside rollout ``[num_steps, num_envs]``.
 
         ``batch`` holds raw ``obs``, ``action`` (environment actions), ``reward``,
         ``terminated``, ``truncated`` and ``final_obs`` (the observation each step
-        led to, before any reset). The rollout must come from the current
-        parameters (on-policy): log-probabilities and values are computed here.
-        Continuous actions are learned as taken, so use ``squash=False`` there.
+        led to, before any reset), and optionally ``policy_action``: the samples
+        ``policy_action`` drew. Log-probabilities are taken of those when given;
+        without them, of ``action``, which is exact for discrete actions but not for
+        continuous ones that were squashed or clipped into the box. The rollout
+        must come from the current parameters (on-policy): log-probabilities and
+        values are computed here.
         """
         rollout_shape = (num_steps, config.num_envs)
         if batch["reward"].shape != rollout_shape:
@@ -620,7 +632,7 @@ def make_ppo(config: PPOConfig) -> PPO:
             stats,
             config.normalize_obs,
         )
-        action = batch["action"]
+        action = batch.get("policy_action", batch["action"])
         if continuous:
             action = action.reshape(rollout_shape + (action_dim,))
         dist, value = network.apply(state.params, norm_obs)
@@ -715,6 +727,8 @@ def make_ppo(config: PPOConfig) -> PPO:
         run=run,
         policy=policy,
         learn_batch=learn_batch,
+        policy_action=policy_action,
+        to_env_action=to_env_action,
     )
 
 

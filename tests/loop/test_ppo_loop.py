@@ -95,3 +95,38 @@ def test_autonomous_cartpole_reaches_dormant_with_best_val_475(tmp_path, capsys)
         json.loads((tmp_path / "summary.json").read_text())["status"]["ensemble_size"]
         == 2
     )
+
+
+def test_continuous_actions_are_learned_as_sampled():
+    """Squashed continuous actions: the window records the policy's samples next to
+    the environment actions, and learning takes log-probabilities of the samples."""
+    config = rl.PPOConfig(env_id="Pendulum-v1", num_envs=4, num_steps=16,
+                          num_minibatches=2, update_epochs=1, squash=True)  # fmt: skip
+    agent = loop.PPOAgent(config, seed=0)
+    data = loop.BatchPipeline("Pendulum-v1", 4, 16, seed=1).collect(agent)
+    samples, actions = np.asarray(data.policy_actions), np.asarray(data.actions)
+    assert samples.shape == actions.shape == (16, 4, 1)
+    np.testing.assert_allclose(actions, 2.0 * np.tanh(samples), rtol=1e-5, atol=1e-6)
+    batch = {
+        "obs": data.observations,
+        "action": data.actions,
+        "reward": data.rewards,
+        "terminated": data.terminated,
+        "truncated": data.truncated,
+        "final_obs": data.final_observations,
+    }
+    learn, state, hp = agent._compiled.learn, agent.state, agent.hparams
+    sampled = learn(state, {**batch, "policy_action": samples}, hp)[0].params
+    ignored = {**batch, "policy_action": samples, "action": np.zeros_like(actions)}
+    as_taken = learn(state, batch, hp)[0].params  # the env actions: biased
+    agent.learn(data)
+
+    def same(a, b):
+        return all(jax.tree.leaves(jax.tree.map(np.allclose, a, b)))
+
+    assert same(agent.state.params, sampled)
+    assert same(learn(state, ignored, hp)[0].params, sampled)
+    assert not same(as_taken, sampled)
+    # discrete actions: the samples are the environment actions, none recorded
+    cartpole = loop.BatchPipeline("CartPole-v1", 4, 16).collect(loop.PPOAgent(TINY))
+    assert cartpole.policy_actions is None
