@@ -43,8 +43,9 @@ class InitArgs:
 
     path: str = "convergence.yaml"
     """Where to write the config."""
-    objective: Literal["simulated_llm", "python", "jax"] = "simulated_llm"
-    """Objective type: the bundled simulator, a Python callable or a JAX function."""
+    objective: Literal["simulated_llm", "python", "jax", "http"] = "simulated_llm"
+    """Objective type: the bundled simulator, a Python callable, a JAX function, or
+    an HTTP endpoint (an OpenAI-compatible chat API; also writes test_cases.json)."""
     target: str | None = None
     """'module:function' or 'file.py:function' for python and jax objectives."""
     output_dir: str = "runs/latest"
@@ -70,11 +71,9 @@ search_space:
 #   simulated_llm: the bundled LLM-API simulator (no network needed)
 #   python: a callable f(config: dict) -> {{metric: number}} or a number
 #   jax: a vectorized JAX function f(key, params: dict of arrays) -> dict of arrays
+#   http: an HTTP endpoint called once per test case (docs/optimize.md)
 objective:
-  type: {objective}
-{target}  timeout_s: 60       # python: a call running longer is recorded as failed
-  max_workers: 4      # python: calls evaluated at the same time
-
+{objective}
 # Metrics the objective returns, combined into one reward: a weighted sum of metrics
 # normalized to [0, 1] between min and max (1 = the best end).
 metrics:
@@ -115,19 +114,72 @@ GENERIC_SPACE = """\
 GENERIC_METRICS = """\
   score: {goal: maximize, weight: 1.0, min: 0.0, max: 1.0}
 """
+CALLABLE_OBJECTIVE = """\
+  type: {objective}
+  target: {target}
+  timeout_s: 60       # python: a call running longer is recorded as failed
+  max_workers: 4      # python: calls evaluated at the same time
+"""
+SIMULATED_OBJECTIVE = """\
+  type: simulated_llm
+  timeout_s: 60
+  max_workers: 4
+"""
+HTTP_SPACE = """\
+  temperature: {type: float, min: 0.0, max: 1.5}
+  top_p: {type: float, min: 0.5, max: 1.0}
+  model: {type: categorical, choices: [gpt-4o-mini, gpt-4.1-mini]}
+  max_tokens: {type: int, min: 8, max: 256}
+"""
+HTTP_OBJECTIVE = """\
+  type: http
+  timeout_s: 180      # one evaluation: every test case, retries included
+  max_workers: 4      # evaluations at once
+  api:
+    preset: openai_chat                  # POST {base_url}/chat/completions with
+    base_url: https://api.openai.com/v1  # every tuned parameter in the body
+    # the key is read from this environment variable only (never written anywhere);
+    # a local server (vLLM, Ollama, ...): its base_url and auth: {type: none}
+    auth: {type: bearer, token_env: OPENAI_API_KEY}
+    request:                             # {input} is each test case's input
+      messages:
+        - {role: system, content: "Answer with the answer only, no explanation."}
+        - {role: user, content: "{input}"}
+    request_timeout_s: 30
+    retries: 3                           # 429, 5xx, timeouts: backoff with jitter
+  test_cases: test_cases.json  # next to this file: [{"input": ..., "expected": ...}]
+  judge: {type: contains, ignore_case: true}  # exact | contains | regex | json_field |
+                                              # python | llm
+"""
+HTTP_METRICS = """\
+  quality: {goal: maximize, weight: 0.8, min: 0.0, max: 1.0}
+  latency_ms: {goal: minimize, weight: 0.2, min: 0.0, max: 5000.0}
+"""
+HTTP_TEST_CASES = [
+    {"id": "arith", "input": "What is 17 * 23?", "expected": "391"},
+    {"id": "capital", "input": "Capital of Australia?", "expected": "Canberra"},
+    {"id": "element", "input": "Which element is W?", "expected": "tungsten"},
+]
 
 
 def starter_yaml(args: InitArgs) -> str:
-    simulated = args.objective == "simulated_llm"
-    target = (
-        "" if simulated else f"  target: {args.target or 'my_objective.py:evaluate'}\n"
-    )
+    if args.objective == "simulated_llm":
+        space, objective, metrics = (
+            SIMULATED_SPACE,
+            SIMULATED_OBJECTIVE,
+            SIMULATED_METRICS,
+        )
+    elif args.objective == "http":
+        space, objective, metrics = HTTP_SPACE, HTTP_OBJECTIVE, HTTP_METRICS
+    else:
+        target = args.target or "my_objective.py:evaluate"
+        objective = CALLABLE_OBJECTIVE.format(objective=args.objective, target=target)
+        space, metrics = GENERIC_SPACE, GENERIC_METRICS
     return STARTER.format(
         path=args.path,
-        space=SIMULATED_SPACE if simulated else GENERIC_SPACE,
-        objective=args.objective,
-        target=target,
-        metrics=SIMULATED_METRICS if simulated else GENERIC_METRICS,
+        space=space,
+        objective=objective,
+        metrics=metrics,
         output_dir=args.output_dir,
     )
 
@@ -146,10 +198,10 @@ def init(argv: list[str]) -> int:
     interactive = not args.no_input and (args.interactive or sys.stdin.isatty())
     if interactive:
         objective = _ask(
-            "objective type", args.objective, ("simulated_llm", "python", "jax")
+            "objective type", args.objective, ("simulated_llm", "python", "jax", "http")
         )
         target = args.target
-        if objective != "simulated_llm":
+        if objective in ("python", "jax"):
             target = _ask("target (module:function or file.py:function)", target or "")
         args = dataclasses.replace(
             args,
@@ -164,6 +216,14 @@ def init(argv: list[str]) -> int:
         return 2
     path.write_text(starter_yaml(args))
     print(f"wrote {path}; run: convergence-jax optimize {path}")
+    if args.objective == "http":
+        cases = path.parent / "test_cases.json"
+        if cases.exists():
+            print(f"kept {cases} (the test cases the config names)")
+        else:
+            cases.write_text(json.dumps(HTTP_TEST_CASES, indent=1) + "\n")
+            print(f"wrote {cases}: replace these with your own test cases")
+        print("set the API key first: export OPENAI_API_KEY=...")
     return 0
 
 

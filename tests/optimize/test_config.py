@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -80,11 +81,14 @@ def test_bad_yaml_file_reports_line(tmp_path):
         load_config(tmp_path / "empty.yaml")
 
 
-@pytest.mark.parametrize("objective", ["simulated_llm", "python", "jax"])
-def test_init_starter_configs_are_valid(objective):
+@pytest.mark.parametrize("objective", ["simulated_llm", "python", "jax", "http"])
+def test_init_starter_configs_are_valid(objective, tmp_path):
+    from convergence_jax.cli import HTTP_TEST_CASES
+
+    (tmp_path / "test_cases.json").write_text(json.dumps(HTTP_TEST_CASES))
     args = InitArgs(objective=objective, target="mod:fn")
     data = yaml.safe_load(starter_yaml(args))
-    config = config_from_dict(data)
+    config = config_from_dict(data, tmp_path)
     assert config.objective.type == objective
 
 

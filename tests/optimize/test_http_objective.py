@@ -395,3 +395,25 @@ def test_example_openai_config_runs_against_a_local_server(fake, monkeypatch):
     assert got.metrics["output_tokens"] == 20
     assert got.metrics["cost_usd"] == pytest.approx((10 * 0.15 + 20 * 0.60) / 1e6)
     assert fake.requests["gpt-4o-mini"] == 6
+
+
+def test_init_http_starter_runs_against_a_local_server(fake, tmp_path, monkeypatch):
+    """`convergence-jax init --objective http` writes a config and test cases that
+    run as written once base_url points at a server (here the fake one)."""
+    from convergence_jax import cli
+
+    monkeypatch.setenv("OPENAI_API_KEY", TOKEN)
+    path = tmp_path / "c.yaml"
+    assert cli.main(["init", "--no-input", "--objective", "http", "--path", str(path),
+                     "--output-dir", str(tmp_path / "out")]) == 0  # fmt: skip
+    cases = json.loads((tmp_path / "test_cases.json").read_text())
+    assert all({"input", "expected"} <= set(c) for c in cases)
+    flags = ["--objective.api.base-url", fake.base_url, "--optimizer.generations",
+             "1", "--optimizer.population-size", "4", "--optimizer.batch-size", "4",
+             "--optimizer.evaluations-per-generation", "4", "--quiet"]  # fmt: skip
+    assert cli.main(["optimize", str(path), *flags]) == 0
+    detail = json.loads((tmp_path / "out" / "detailed_results.json").read_text())
+    evaluations = detail["generations"][0]["evaluations"]
+    assert len(evaluations) == 4
+    assert all(e["error"] is None for e in evaluations)
+    assert sum(fake.requests.values()) == 4 * len(cases)
