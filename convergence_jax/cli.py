@@ -272,7 +272,8 @@ def optimize(argv: list[str]) -> int:
         return 2
     print(
         f"best configuration (mean reward {result.best_reward:.4f} over "
-        f"{result.best_evaluations} evaluations):"
+        f"{result.best_evaluations} evaluations, biased upward; shrunk score "
+        f"{result.best_score:.4f}):"
     )
     print(json.dumps(result.best_config, indent=2))
     print(f"results in {result.output_dir}/ (report.md, detailed_results.json)")

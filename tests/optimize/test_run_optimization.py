@@ -41,6 +41,19 @@ def test_quickstart_jax_path_writes_results_and_report(tmp_path):
     assert set(best["config"]) == {"temperature", "top_p", "model", "max_tokens"}
     assert best["config"]["model"] in ("small", "medium", "large")
     detail = json.loads((out / "detailed_results.json").read_text())
+    # best_config.json, recomputed by hand from every recorded evaluation: the raw
+    # pooled mean, the run's mean and the score shrunk by one pseudo-evaluation
+    every = [e for g in detail["generations"] for e in g["evaluations"]]
+    mine = [e["reward"] for e in every if e["config"] == best["config"]]
+    run_mean = np.mean([e["reward"] for e in every])
+    assert best["evaluations"] == len(mine) == result.best_evaluations
+    assert best["mean_reward"] == pytest.approx(np.mean(mine))
+    assert best["run_mean_reward"] == pytest.approx(run_mean)
+    assert best["score"] == pytest.approx((np.sum(mine) + run_mean) / (len(mine) + 1))
+    assert result.best_score == best["score"]
+    assert best["generations_completed"] == 4
+    # the winner's raw mean is above the run's mean; the shrunk score lies between
+    assert run_mean < best["score"] < best["mean_reward"]
     assert detail["status"] == "complete"
     assert len(detail["generations"]) == 4
     for g in detail["generations"]:
