@@ -1,8 +1,10 @@
 """Fast exact Gamma and Beta sampling for large batches on CPU (and any backend).
 
 Why not ``jax.random.gamma`` / ``jax.random.beta``: they run one
-``lax.while_loop`` per element under ``vmap``, which on CPU costs about 27 s for
-one draw per arm of 1,000,000 bandits x 10 arms. Here every element is handled
+``lax.while_loop`` per element under ``vmap``, which on the 2-core CPU takes about
+20 s for one draw per arm of 1,000,000 bandits x 10 arms, against a fraction of a
+second here (measured side by side: ``benchmarks/results/bandits_select.md``).
+Here every element is handled
 by one fused, branch-free pass, and only the few rejected elements are retried.
 
 Algorithm
