@@ -342,7 +342,7 @@ def normal_from_high_half(words: jax.Array, dtype) -> jax.Array:
     """Standard normal deviates from the top 16 bits of each word (inverse CDF).
 
     The 2**16 levels sit at the midpoints ``(k + 0.5) / 2**16`` of the normal CDF, so
-    the deviates are exactly symmetric (mean zero) and ``|z| <= 4.17``. For mutation
+    the deviates are exactly symmetric (mean zero) and ``|z| <= 4.32``. For mutation
     noise this costs nothing and, with the other 16 bits deciding whether the gene
     mutates at all, a gene needs one 32-bit random word instead of two; a lookup
     table is cheaper than evaluating ``erfinv``.
