@@ -610,8 +610,9 @@ def _normal_from_seed(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """N(0, 1) float32 draws from the same fused Threefry + Box-Muller kernel.
 
-    About 5x faster than ``jax.random.normal`` on CPU (no rolled hash loop and
-    no ``erfinv``); the angle has 2^-24 resolution and |z| reaches 6.7.
+    About 3x faster than ``jax.random.normal`` on the 2-core CPU (no rolled hash
+    loop and no ``erfinv``; 10M draws, 7 alternating rounds: median 3.3x, range
+    2.1-3.4x, load average 6.6); the angle has 2^-24 resolution and |z| reaches 6.7.
     """
     return _normal_from_seed(_seed(key, "standard_normal"), tuple(shape))
 
