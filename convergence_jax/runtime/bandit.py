@@ -19,6 +19,14 @@ transaction: it checks the decision, applies the pure ``update`` to the statisti
 writes them and marks the decision. Writers are serialized by SQLite, so no update
 is lost; a transaction is atomic, so a process killed mid-write leaves the previous
 consistent state; a second update of a decision changes nothing.
+
+A ``Runtime`` survives ``fork`` (a pre-fork server such as gunicorn ``--preload``):
+a child opens its own SQLite connections and its own descriptor of the lock file the
+first time it uses them, so parent and children exclude each other; the parent's
+connections are never used nor closed in the child. (JAX itself does not survive a
+fork once XLA has started: fork before the first ``configure``/``select``/``update``
+/``stats``, or start workers with ``spawn``, as ``convergence-jax serve --workers``
+does.)
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,6 +232,58 @@ def _stats_json(state) -> str:
     )
 
 
+# ------------------------------------------------------------------------------ fork
+
+
+class _Connection:
+    """A SQLite connection and the pid that opened it (weakly referenceable, which
+    ``sqlite3.Connection`` is not)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, pid: int, conn: sqlite3.Connection):
+        self.pid, self.conn = pid, conn
+        with _FORK_LOCK:
+            _CONNECTIONS.add(self)
+
+
+# Every open connection and every Runtime, weakly: a fork hook needs them all.
+_CONNECTIONS: weakref.WeakSet[_Connection] = weakref.WeakSet()
+_RUNTIMES_ALIVE: weakref.WeakSet[Runtime] = weakref.WeakSet()
+_FORK_LOCK = threading.Lock()
+# In a forked child: the parent's connections, referenced so that they are never
+# closed here (the child's copy of another thread's thread-local would otherwise be
+# freed, closing that connection). Never used either: each Runtime opens its own.
+_INHERITED: list[_Connection] = []
+
+
+def _before_fork() -> None:
+    _FORK_LOCK.acquire()  # no connection is registered half-way while we fork
+    pid = os.getpid()  # (those this process inherited are in _INHERITED already)
+    _INHERITED.extend(h for h in _CONNECTIONS if h.pid == pid)
+
+
+def _after_fork_in_parent() -> None:
+    pid = os.getpid()
+    _INHERITED[:] = [h for h in _INHERITED if h.pid != pid]
+    _FORK_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_LOCK, _PROGRAMS_LOCK
+    _FORK_LOCK = threading.Lock()
+    _PROGRAMS_LOCK = threading.Lock()
+    for runtime in list(_RUNTIMES_ALIVE):
+        runtime._after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
 # ----------------------------------------------------------------------------- store
 
 SCHEMA = """
@@ -357,26 +418,47 @@ class Runtime:
         self._configs: dict[str, tuple[int, BanditConfig]] = {}
         self._count = 0
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._write_lock = threading.Lock()
-        self._lock_file: int | None = None
+        self._lock_file: tuple[int, int] | None = None  # (pid that opened it, fd)
+        _RUNTIMES_ALIVE.add(self)
         with self._conn() as conn:
             conn.executescript(SCHEMA)
 
     # -- plumbing
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._pid != os.getpid():
-            self._pid = os.getpid()  # a forked child opens its own connection
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout_s, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
-            self._local.conn = conn
+        """This thread's connection, opened by this process.
+
+        A connection is tagged with the pid that opened it: a child forked from a
+        process that already used this ``Runtime`` opens its own, and never uses the
+        parent's (SQLite forbids carrying a connection across ``fork``). The
+        inherited one is kept referenced, never closed, in the child (see
+        ``_after_fork_in_child``)."""
+        pid = os.getpid()
+        handle = getattr(self._local, "handle", None)
+        if handle is not None and handle.pid == pid:
+            return handle.conn
+        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+        self._local.handle = _Connection(pid, conn)
         return conn
+
+    def _lock_fd(self) -> int:
+        """The descriptor of ``PATH.lock`` opened by this process (call it holding
+        ``_write_lock``). ``flock`` locks belong to the open file description, which
+        a forked child shares with its parent: locking the inherited descriptor
+        would not exclude the parent (and the child's unlock would release the
+        parent's lock), so a child opens its own. The inherited descriptor is left
+        open: the child cannot know the number still names that file."""
+        pid = os.getpid()
+        if self._lock_file is None or self._lock_file[0] != pid:
+            self._lock_file = (
+                pid,
+                os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT),
+            )
+        return self._lock_file[1]
 
     @contextlib.contextmanager
     def _writing(self):
@@ -384,15 +466,22 @@ class Runtime:
         ``PATH.lock``. Writers then queue in the kernel and wake as soon as the lock
         is free, instead of polling in SQLite's busy handler (its sleeps of up to
         100 ms set the tail latency under contention). SQLite's own locking still
-        guards the data; the kernel drops the flock of a killed process."""
+        guards the data; the kernel drops the flock of a killed process. Safe across
+        ``fork``: each process locks its own open file (``_lock_fd``)."""
         with self._write_lock:
-            if self._lock_file is None or self._pid != os.getpid():
-                self._lock_file = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT)
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            pid = os.getpid()
+            fd = self._lock_fd()
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                if os.getpid() == pid:  # a child forked in here must not unlock
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _after_fork_in_child(self) -> None:
+        # the thread locks may have been held by a thread that does not exist here
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     def _seed(self) -> tuple[int, int]:
         """(seed, n): the n-th draw of this instance, or fresh OS randomness."""
@@ -733,10 +822,13 @@ class Runtime:
         return cursor.rowcount
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close this thread's connection (one inherited across ``fork`` is only
+        dropped, never closed: it is the parent's)."""
+        handle = getattr(self._local, "handle", None)
+        if handle is not None:
+            self._local.handle = None
+            if handle.pid == os.getpid():
+                handle.conn.close()
 
 
 # ------------------------------------------------------------------------ module API

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -253,6 +254,133 @@ def test_several_processes_lose_no_update(tmp_path):
     assert stats["decisions"] == workers * cycles + len(shared)
     assert stats["updates"] == workers * cycles + len(shared)
     assert consistent(db, "p") == stats["updates"]
+
+
+FORKED = textwrap.dedent(
+    """
+    import contextlib, json, os, sys, time
+    import numpy as np
+    from convergence_jax.runtime import Runtime
+
+    db, cycles, children, shared, out = sys.argv[1:]
+    cycles, children = int(cycles), int(children)
+    rt = Runtime(db)
+    # use the Runtime before forking (its connection and lock file are open), but
+    # not JAX: a process that forks after XLA has started may deadlock in the child
+    rt.expire("p", 1e9)
+
+    # 1. the parent holds the write lock: a forked child's write must wait for it
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(ready_r, 1)
+        rt.expire("p", 1e9)  # takes the write lock
+        json.dump({"done": time.monotonic()}, open(out + ".child", "w"))
+        os._exit(0)
+    with rt._writing():
+        os.write(ready_w, b"x")
+        time.sleep(0.5)
+        released = time.monotonic()
+    assert os.waitpid(pid, 0)[1] == 0
+    done = json.load(open(out + ".child"))["done"]
+
+    # 2. parent and children select and update at once; each logs its spans
+    # inside the write lock (CLOCK_MONOTONIC is one clock for all processes)
+    spans, writing = [], rt._writing
+
+    @contextlib.contextmanager
+    def logged():
+        with writing():
+            start = time.monotonic()
+            try:
+                yield
+            finally:
+                spans.append((start, time.monotonic()))
+
+    rt._writing = logged
+    pids = []
+    for k in range(children):
+        pid = os.fork()
+        if pid == 0:
+            break
+        pids.append(pid)
+    child = len(pids) < children
+    rng = np.random.default_rng()
+    repeats = 0
+    for i in range(cycles):
+        choice = rt.select("p", user_id=f"u{i}")
+        reward = float(rng.random() < 0.5)
+        assert rt.update("p", choice.decision_id, reward).applied
+        repeats += not rt.update("p", choice.decision_id, reward).applied
+    applied = sum(rt.update("p", d, 1.0).applied for d in json.load(open(shared)))
+    result = {"repeats": repeats, "applied_shared": applied, "spans": spans}
+    json.dump(result, open(f"{out}.{os.getpid()}", "w"))
+    if child:
+        os._exit(0)
+    assert [os.waitpid(p, 0)[1] for p in pids] == [0] * children
+    json.dump({"released": released, "child_done": done}, open(out, "w"))
+    """
+)
+
+
+def test_a_forked_child_reopens_the_lock_and_serializes_with_its_parent(tmp_path):
+    db = tmp_path / "rt.db"
+    rt = Runtime(db)
+    rt.configure("p", ARMS)
+    shared = [rt.select("p").decision_id for _ in range(30)]
+    (tmp_path / "shared.json").write_text(json.dumps(shared))
+    children, cycles = 3, 60
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "out.json"
+    args = [str(db), str(cycles), str(children), str(tmp_path / "shared.json")]
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED, *args, str(out)],
+        env=env,
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    times = json.loads(out.read_text())
+    # the child's write waited for the parent's lock (the old code shared the
+    # parent's open file, so the child's flock passed at once)
+    assert times["child_done"] >= times["released"]
+    outs = [json.loads(f.read_text()) for f in tmp_path.glob("out.json.[0-9]*")]
+    assert len(outs) == children + 1
+    spans = sorted((s, e) for o in outs for s, e in o["spans"])
+    assert len(spans) == (children + 1) * (3 * cycles + len(shared))
+    overlaps = sum(
+        s < e_prev for (_, e_prev), (s, _) in zip(spans, spans[1:], strict=False)
+    )
+    assert overlaps == 0  # no two processes were ever inside the write lock at once
+    assert [o["repeats"] for o in outs] == [cycles] * (children + 1)
+    assert sum(o["applied_shared"] for o in outs) == len(shared)  # each once
+    stats = rt.stats("p")
+    total = (children + 1) * cycles + len(shared)
+    assert stats["decisions"] == stats["updates"] == total
+    assert consistent(db, "p") == total
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_forked_child_opens_its_own_connection_in_every_thread(tmp_path):
+    rt = Runtime(tmp_path / "rt.db")
+    parent_conn = rt._conn()
+    pid = os.fork()
+    if pid == 0:  # SQLite only here: this process may have started XLA's threads
+        code = 1
+        try:
+            other = []
+            thread = threading.Thread(target=lambda: other.append(rt._conn()))
+            thread.start()
+            thread.join()
+            mine = rt._conn()  # asked after another thread of the child opened one
+            code = 0 if mine is not parent_conn and mine is not other[0] else 2
+            assert mine.execute("SELECT COUNT(*) FROM bandits").fetchone() == (0,)
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0  # exit code 2: the child got the parent's
+    assert rt._conn() is parent_conn
+    rt.close()
 
 
 KILLED = textwrap.dedent(
