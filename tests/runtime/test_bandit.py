@@ -75,9 +75,8 @@ def test_select_update_stats_learn_the_best_arm(rt):
         choice = rt.select("p", user_id="u1", context={"page": "home"})
         assert choice.params == ARMS[choice.arm]
         assert choice.segment == "default"
-        assert rt.update(
-            "p", choice.decision_id, float(rng.random() < means[choice.arm])
-        )
+        reward = float(rng.random() < means[choice.arm])
+        assert rt.update("p", choice.decision_id, reward).applied  # (a tuple: truthy)
     stats = rt.stats("p")
     assert stats["decisions"] == stats["updates"] == 300 and stats["pending"] == 0
     arms = {a["arm"]: a for a in stats["segments"]["default"]["arms"]}
@@ -180,7 +179,9 @@ def test_segments_have_their_own_posteriors_and_space_arms(rt):
     }
     config = rt.configure("s", space=space, num_arms=3, segment_key="country")
     assert len(config.arms) == 3
-    assert all(0 <= a["temperature"] <= 1 and a["model"] in "sm" for a in config.arms)
+    assert all(
+        0 <= a["temperature"] <= 1 and a["model"] in ("s", "m") for a in config.arms
+    )
     for country, reward in (("us", 1.0), ("fr", 0.0), ("us", 1.0)):
         choice = rt.select("s", context={"country": country})
         assert choice.segment == country
@@ -189,9 +190,16 @@ def test_segments_have_their_own_posteriors_and_space_arms(rt):
     stats = rt.stats("s")
     assert set(stats["segments"]) == {"us", "fr", "default"}
     assert stats["segments"]["us"]["updates"] == 2
-    us = sum(a["posterior_mean"] > 0.5 for a in stats["segments"]["us"]["arms"])
-    fr = sum(a["posterior_mean"] < 0.5 for a in stats["segments"]["fr"]["arms"])
-    assert us >= 1 and fr == 1  # each segment learned only from its own rewards
+    # each segment learned only from its own rewards: its posterior is the Beta one
+    # of its own counts (us: two rewards 1, fr: one reward 0)
+    for segment, reward, updates in (("us", 1.0, 2), ("fr", 0.0, 1)):
+        arms = stats["segments"][segment]["arms"]
+        assert sum(a["updates"] for a in arms) == updates
+        for a in arms:
+            n = a["updates"]
+            assert a["mean_reward"] == (reward if n else None)
+            expected = (1 + reward * n) / (2 + n)
+            assert a["posterior_mean"] == pytest.approx(expected, rel=1e-5)
     user = rt.configure("by_user", ["a", "b", "c"], segment_key="user_id")
     assert user.segment_key == "user_id"
     assert rt.select("by_user", user_id="u7").segment == "u7"
@@ -417,11 +425,15 @@ def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path):
     choice = rt.select("p")  # the database goes on working
     assert rt.update("p", choice.decision_id, 0.0).applied
     assert consistent(db, "p") == applied + 1
-    assert math.isclose(
-        sum(a["posterior_mean"] for a in rt.stats("p")["segments"]["default"]["arms"])
-        > 0,
-        True,
-    )
+    # the posterior is the Beta one of exactly the committed rewards: the killed
+    # worker's (all 1.0) and this last 0.0
+    arms = rt.stats("p")["segments"]["default"]["arms"]
+    assert sum(a["updates"] for a in arms) == applied + 1
+    rewards = [(a["mean_reward"] or 0.0) * a["updates"] for a in arms]
+    assert math.fsum(rewards) == pytest.approx(applied, rel=1e-9)
+    for a, r in zip(arms, rewards, strict=True):
+        n = a["updates"]
+        assert a["posterior_mean"] == pytest.approx((1 + r) / (2 + n), rel=1e-5)
 
 
 def test_expire_deletes_only_stale_pending_decisions(rt, monkeypatch):
