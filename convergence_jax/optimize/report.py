@@ -133,7 +133,9 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
         "```",
         "",
         f"Mean reward {best['mean_reward']:.4f} over {best['evaluations']} "
-        f"evaluations (ranking score {best['score']:.4f}).",
+        "evaluations (the raw mean, biased upward: the best is picked for its high "
+        f"noisy mean); ranking score, shrunk toward the run's mean, "
+        f"{best['score']:.4f}.",
         "",
         "## Convergence",
         "",
