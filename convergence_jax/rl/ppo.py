@@ -17,7 +17,8 @@ with ``lax.pmean``. Everything random is drawn per environment (each carries its
 own key) and every minibatch takes ``num_steps / num_minibatches`` random steps of
 *each* environment, so minibatches do not depend on how environments are placed:
 the N-device run computes the same thing as the 1-device run on the same global
-batch, up to the order of floating-point sums.
+batch, up to the order of floating-point sums. ``learn_batch`` (the update on an
+outside rollout, which ``loop.PPOAgent`` calls) is split over the mesh the same way.
 
 **Resumable.** ``make_ppo(config)`` exposes ``init`` and ``run(state, hparams,
 num_updates)``; the ``TrainState`` holds parameters, optimizer state, environment
@@ -193,7 +194,8 @@ class PPO(NamedTuple):
     """``policy(params, obs_stats, obs [B, obs_dim], key) -> env actions [B, ...]``."""
     learn_batch: Callable[..., tuple[TrainState, dict]]
     """``learn_batch(state, batch, hparams) -> (state, metrics)``: one PPO update on
-    a rollout collected outside (e.g. by a loop pipeline) with ``policy``."""
+    a rollout collected outside (e.g. by a loop pipeline) with ``policy``; data
+    parallel over ``num_devices`` like ``update``."""
     policy_action: Callable[..., jax.Array]
     """``policy_action(params, obs_stats, obs, key) -> [B, ...]``: the policy's own
     samples (for continuous actions, before the squash or clip into the action
@@ -521,7 +523,15 @@ def make_ppo(config: PPOConfig) -> PPO:
             params, opt_state = carry
             # [steps_per_minibatch, local envs, ...] -> [B_local, ...]
             batch = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-            grads, aux = jax.grad(loss_fn, has_aux=True)(params, batch, hparams)
+            # Inside shard_map the replicated parameters are device-invariant, and
+            # the gradient with respect to an invariant input comes back already
+            # summed over devices (N times the global mean). Differentiating with
+            # respect to a device-varying copy gives this device's gradient, which
+            # pmean turns into the gradient of the global minibatch.
+            local_params = (
+                jax.lax.pcast(params, AXIS, to="varying") if sharded else params
+            )
+            grads, aux = jax.grad(loss_fn, has_aux=True)(local_params, batch, hparams)
             grads = _pmean(grads, sharded)
             updates, opt_state = tx.update(grads, opt_state, params)
             updates = jax.tree.map(lambda u: -step_size * u, updates)
@@ -606,24 +616,23 @@ def make_ppo(config: PPOConfig) -> PPO:
         """Environment actions for a batch of raw observations (one key)."""
         return to_env_action(policy_action(params, obs_stats, obs, key))
 
-    def learn_batch(state: TrainState, batch: dict, hparams: PPOHParams):
-        """One update (GAE + epochs) on an outside rollout ``[num_steps, num_envs]``.
+    if sharded:
+        mesh = jax.make_mesh(
+            (config.num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+        )
+        state_specs = TrainState(
+            params=P(),
+            opt_state=P(),
+            obs_stats=P(),
+            env_state=P(AXIS),
+            obs=P(AXIS),
+            keys=P(AXIS),
+            step=P(),
+        )
 
-        ``batch`` holds raw ``obs``, ``action`` (environment actions), ``reward``,
-        ``terminated``, ``truncated`` and ``final_obs`` (the observation each step
-        led to, before any reset), and optionally ``policy_action``: the samples
-        ``policy_action`` drew. Log-probabilities are taken of those when given;
-        without them, of ``action``, which is exact for discrete actions but not for
-        continuous ones that were squashed or clipped into the box. The rollout
-        must come from the current parameters (on-policy): log-probabilities and
-        values are computed here.
-        """
-        rollout_shape = (num_steps, config.num_envs)
-        if batch["reward"].shape != rollout_shape:
-            raise ValueError(
-                f"learn_batch: expected rewards of shape [num_steps, num_envs] = "
-                f"{list(rollout_shape)}, got {list(batch['reward'].shape)}"
-            )
+    def learn_batch_local(state: TrainState, batch: dict, hparams: PPOHParams):
+        """``learn_batch`` on this device's environments ``[num_steps, E_local]``."""
+        rollout_shape = batch["reward"].shape
         stats = state.obs_stats
         obs = batch["obs"].reshape(rollout_shape + (-1,)).astype(jnp.float32)
         norm_obs = _normalize(obs, stats, config.normalize_obs)
@@ -658,7 +667,7 @@ def make_ppo(config: PPOConfig) -> PPO:
             state, traj, advantages, returns, state.keys, hparams
         )
         if config.normalize_obs:
-            stats = _update_stats(stats, obs, False)
+            stats = _update_stats(stats, obs, sharded)
         aux["learning_rate"] = learning_rate(state.step, hparams)
         new_state = state.replace(
             params=params,
@@ -669,19 +678,55 @@ def make_ppo(config: PPOConfig) -> PPO:
         )
         return new_state, aux
 
+    def learn_batch(state: TrainState, batch: dict, hparams: PPOHParams):
+        """One update (GAE + epochs) on an outside rollout ``[num_steps, num_envs]``.
+
+        ``batch`` holds raw ``obs``, ``action`` (environment actions), ``reward``,
+        ``terminated``, ``truncated`` and ``final_obs`` (the observation each step
+        led to, before any reset), and optionally ``policy_action``: the samples
+        ``policy_action`` drew. Log-probabilities are taken of those when given;
+        without them, of ``action``, which is exact for discrete actions but not for
+        continuous ones that were squashed or clipped into the box. The rollout
+        must come from the current parameters (on-policy): log-probabilities and
+        values are computed here.
+
+        With ``num_devices = N`` the update is data parallel like ``update``: the
+        rollout's environments (axis 1 of every ``batch`` leaf, and the state's
+        per-environment keys) are split over the device mesh, gradients and the
+        advantage and observation statistics are averaged with ``lax.pmean``, and
+        the result equals the 1-device update up to the order of floating-point
+        sums.
+        """
+        required = ("obs", "action", "reward", "terminated", "truncated", "final_obs")
+        missing = [name for name in required if name not in batch]
+        if missing:
+            raise ValueError(
+                f"learn_batch: batch lacks {', '.join(missing)} (expected "
+                f"{', '.join(required)}, and optionally policy_action)"
+            )
+        rollout_shape = (num_steps, config.num_envs)
+        if tuple(batch["reward"].shape) != rollout_shape:
+            raise ValueError(
+                f"learn_batch: expected rewards of shape [num_steps, num_envs] = "
+                f"{list(rollout_shape)}, got {list(batch['reward'].shape)}"
+            )
+        for name, value in batch.items():
+            if tuple(jnp.shape(value)[:2]) != rollout_shape:
+                raise ValueError(
+                    f"learn_batch: batch[{name!r}] must start with [num_steps, "
+                    f"num_envs] = {list(rollout_shape)}, got {list(jnp.shape(value))}"
+                )
+        if not sharded:
+            return learn_batch_local(state, batch, hparams)
+        batch = {name: jnp.asarray(value) for name, value in batch.items()}
+        return jax.shard_map(
+            learn_batch_local,
+            mesh=mesh,
+            in_specs=(state_specs, {name: P(None, AXIS) for name in batch}, P()),
+            out_specs=(state_specs, P()),
+        )(state, batch, hparams)
+
     if sharded:
-        mesh = jax.make_mesh(
-            (config.num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
-        )
-        state_specs = TrainState(
-            params=P(),
-            opt_state=P(),
-            obs_stats=P(),
-            env_state=P(AXIS),
-            obs=P(AXIS),
-            keys=P(AXIS),
-            step=P(),
-        )
         update = jax.shard_map(
             update_local,
             mesh=mesh,

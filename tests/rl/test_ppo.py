@@ -138,7 +138,12 @@ def test_four_devices_equal_one_device_on_the_same_global_batch():
             normalize_obs=True,
             num_devices=devices,
         )
-        runs[devices] = jax.jit(rl.make_train(config))(jax.random.key(3))
+        # Unclipped gradients: a clip by global norm hides a gradient off by a
+        # constant factor (Adam does the rest), so the check would not see one.
+        hparams = rl.PPOHParams.from_config(config).replace(
+            max_grad_norm=jnp.float32(1e6)
+        )
+        runs[devices] = jax.jit(rl.make_train(config))(jax.random.key(3), hparams)
     (s1, m1), (s4, m4) = runs[1], runs[4]
     assert len(s4.obs.sharding.device_set) == 4  # environments really were split
     for a, b in zip(
@@ -148,6 +153,66 @@ def test_four_devices_equal_one_device_on_the_same_global_batch():
     np.testing.assert_allclose(m1["episode_return"], m4["episode_return"], rtol=1e-5)
     np.testing.assert_allclose(m1["value_loss"], m4["value_loss"], rtol=1e-4)
     np.testing.assert_allclose(s1.obs_stats.var, s4.obs_stats.var, rtol=1e-5)
+
+
+def _outside_rollout(key, num_steps, num_envs):
+    """A rollout as a loop pipeline hands it to ``learn_batch`` (CartPole shapes)."""
+    k_obs, k_act, k_rew, k_term, k_final = jax.random.split(key, 5)
+    shape = (num_steps, num_envs)
+    return {
+        "obs": 2.0 + jax.random.normal(k_obs, shape + (4,)),
+        "action": jax.random.bernoulli(k_act, 0.5, shape).astype(jnp.int32),
+        "reward": jax.random.uniform(k_rew, shape),
+        "terminated": jax.random.bernoulli(k_term, 0.1, shape),
+        "truncated": jnp.zeros(shape, bool),
+        "final_obs": 2.0 + jax.random.normal(k_final, shape + (4,)),
+    }
+
+
+def test_learn_batch_four_devices_equal_one_device():
+    """``learn_batch`` (the loop's update) is data parallel like ``update``."""
+    assert jax.device_count() >= 4, "conftest forces 4 host devices"
+    batches = [_outside_rollout(jax.random.key(i), 16, 8) for i in range(2)]
+    runs = {}
+    for devices in (1, 4):
+        config = rl.PPOConfig(num_envs=8, num_steps=16, num_minibatches=2,
+                              update_epochs=2, normalize_obs=True,
+                              num_devices=devices)  # fmt: skip
+        ppo = rl.make_ppo(config)
+        learn = jax.jit(ppo.learn_batch)
+        start = state = ppo.init(jax.random.key(3))
+        metrics = []
+        # Two updates, the second from the sharded state: with the default gradient
+        # clip, then unclipped (where a gradient off by a factor shows).
+        unclipped = ppo.default_hparams.replace(max_grad_norm=jnp.float32(1e6))
+        for batch, hp in zip(batches, [ppo.default_hparams, unclipped], strict=True):
+            state, m = learn(state, batch, hp)
+            metrics.append(m)
+        runs[devices] = start, state, metrics
+    (start, s1, m1), (_, s4, m4) = runs[1], runs[4]
+    assert len(s4.keys.sharding.device_set) == 4  # environments really were split
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()), start.params, s1.params
+    )
+    moved = max(jax.tree.leaves(moved))
+    assert moved > 1e-4  # the updates changed the parameters ...
+    for a, b in zip(
+        jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True
+    ):  # ... and 4 devices changed them as 1 did, to rounding
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(m1, m4, strict=True):
+        np.testing.assert_allclose(a["value_loss"], b["value_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["approx_kl"], b["approx_kl"], rtol=1e-3)
+    # observation statistics merged over all devices (count of 2 x 16 x 8 rows)
+    np.testing.assert_allclose(s1.obs_stats.mean, s4.obs_stats.mean, rtol=1e-5)
+    np.testing.assert_allclose(s1.obs_stats.var, s4.obs_stats.var, rtol=1e-5)
+    assert float(s4.obs_stats.count) == pytest.approx(2 * 16 * 8, rel=1e-3)
+    np.testing.assert_array_equal(
+        jax.random.key_data(s1.keys), jax.random.key_data(s4.keys)
+    )
+    with pytest.raises(ValueError, match=r"batch\['final_obs'\] must start with"):
+        bad = {**batches[0], "final_obs": batches[0]["final_obs"][:, :4]}
+        rl.make_ppo(config).learn_batch(s4, bad, rl.PPOHParams.from_config(config))
 
 
 def test_resumed_run_continues_exactly(tmp_path):
