@@ -1,5 +1,6 @@
 """PPO under the loop: the agent adapter, compiled pipelines, PBT, the experiment."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -43,16 +44,67 @@ def test_ppo_agent_protocol_no_recompile_and_weights(tmp_path):
         agent.learn(loop.BatchPipeline("CartPole-v1", 4, 8).collect(agent))
 
 
+def test_ppo_agent_on_two_devices_learns_as_on_one(tmp_path):
+    """``PPOAgent(num_devices=2)``: the update is split over a device mesh and
+    equals the 1-device update on the same window; acting and saving still work."""
+    assert jax.device_count() >= 2, "conftest forces 4 host devices"
+    one = loop.PPOAgent(TINY, seed=0)
+    two = loop.PPOAgent(dataclasses.replace(TINY, num_devices=2), seed=0)
+    data = loop.BatchPipeline("CartPole-v1", 4, 16, seed=1).collect(one)
+    before = one.state.params
+    metrics_one, metrics_two = one.learn(data), two.learn(data)
+    assert len(two.state.keys.sharding.device_set) == 2
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()), before, one.state.params
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-4
+    for a, b in zip(
+        jax.tree.leaves(one.state.params),
+        jax.tree.leaves(two.state.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert metrics_two["value_loss"] == pytest.approx(
+        metrics_one["value_loss"], rel=1e-5
+    )
+    obs = np.asarray(data.observations[0])
+    np.testing.assert_allclose(
+        two.action_probabilities(obs), one.action_probabilities(obs), rtol=1e-5
+    )
+    assert two.act(obs).shape == (4,)
+    two.save_weights(tmp_path / "w")  # replicated parameters, sharded keys
+    restored = loop.PPOAgent(TINY, seed=5)
+    restored.load_weights(tmp_path / "w")
+    np.testing.assert_allclose(
+        restored.action_probabilities(obs), two.action_probabilities(obs), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="num_devices: 64 requested"):
+        loop.PPOAgent(dataclasses.replace(TINY, num_envs=64, num_devices=64))
+    with pytest.raises(ValueError, match="multiple of num_devices"):
+        loop.PPOAgent(dataclasses.replace(TINY, num_devices=3))
+
+
 def test_ensemble_of_ppo_agents_acts_compiled():
     a, b = loop.PPOAgent(TINY, seed=0), loop.PPOAgent(TINY, seed=1)
     ens = loop.EnsembleAgent([a, b], [0.25, 0.75], discrete=True)
-    assert ens.jax_policy() is not None
-    data = loop.BatchPipeline("CartPole-v1", 4, 16, reset_each_window=True).collect(ens)
-    obs = np.asarray(data.observations[3])
-    expected = np.argmax(
-        0.25 * a.action_probabilities(obs) + 0.75 * b.action_probabilities(obs), -1
+
+    def expected(obs):  # the weighted vote, on the host
+        mix = 0.25 * a.action_probabilities(obs) + 0.75 * b.action_probabilities(obs)
+        return np.argmax(mix, -1)
+
+    pipe = loop.BatchPipeline("CartPole-v1", 4, 16, reset_each_window=True)
+    data = pipe.collect(ens)
+    assert pipe._collect._cache_size() == 1  # the window was acted compiled
+    observations, actions = np.asarray(data.observations), np.asarray(data.actions)
+    policy = ens.jax_policy()
+    np.testing.assert_array_equal(
+        policy.apply(policy.params, observations[5], jax.random.key(0)),
+        expected(observations[5]),
     )
-    np.testing.assert_array_equal(ens.act(obs), expected)
+    for obs, taken in zip(observations, actions, strict=True):  # every step
+        np.testing.assert_array_equal(taken, expected(obs))
+        np.testing.assert_array_equal(ens.act(obs), taken)
+    assert len(np.unique(actions)) == 2  # both actions occur: the vote decides
 
 
 def test_pbt_exploits_inside_the_program_and_independent_does_not():
