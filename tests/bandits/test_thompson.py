@@ -41,7 +41,9 @@ def test_interface_shapes_and_zero_state_is_prior(name):
     for leaf in jax.tree.leaves(state):
         assert leaf.shape == (3, 2, K) and leaf.dtype == jnp.float32
         assert np.all(leaf == 0)
-    assert algo.init(params).successes.shape == (K,) if "beta" in name else True
+    # Unbatched: one statistic per arm in every leaf (whatever the family names them).
+    unbatched = jax.tree.leaves(algo.init(params))
+    assert unbatched and all(leaf.shape == (K,) for leaf in unbatched)
     assert algo.sample(key, state, params).shape == (3, 2, K)
     arms = algo.select(key, state, params)
     assert arms.shape == (3, 2) and arms.dtype == jnp.int32
