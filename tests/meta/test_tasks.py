@@ -18,9 +18,10 @@ def bbob():
 def test_bbob_functions_are_zero_at_the_shifted_optimum_and_positive_elsewhere(bbob):
     shifts = bbob.data["shift"]
     at_opt = jax.vmap(lambda t, x: bbob.fitness(t, x[None])[0])(bbob.data, shifts)
-    np.testing.assert_allclose(at_opt, 0.0, atol=2e-3)
+    # float32 rounding only (measured: |f| <= 1e-6, from ackley's exp/sqrt terms)
+    np.testing.assert_allclose(at_opt, 0.0, atol=1e-5)
     away = jax.vmap(lambda t, x: bbob.fitness(t, x[None] + 0.7)[0])(bbob.data, shifts)
-    assert np.all(np.asarray(away) < -1e-3)
+    assert np.all(np.asarray(away) < -1.0)  # measured: sphere's 1.96 is the least
     rot = np.asarray(bbob.data["rotation"])
     eye = np.broadcast_to(np.eye(4), rot.shape)
     np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), eye, atol=1e-5)
