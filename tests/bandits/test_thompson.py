@@ -251,8 +251,13 @@ def test_jit_scan_vmap_and_no_recompile_when_numbers_change(name):
     sweep(jax.random.split(jax.random.key(1), 3), batch2)
     assert len(traces) == 1
     assert sweep._cache_size() == 1
-    # Sweeping gamma changes the result (it is really used).
-    assert not np.allclose(means[0], means[2])
+    # Sweeping gamma changes the result (it is really used): the same keys with
+    # every gamma = 1 change the runs whose gamma was not 1, and only those.
+    undiscounted, _ = sweep(keys, batch.replace(gamma=jnp.ones(3, jnp.float32)))
+    np.testing.assert_array_equal(undiscounted[0], means[0])  # gamma was 1 already
+    assert not np.allclose(undiscounted[1], means[1])  # was 0.9
+    assert not np.allclose(undiscounted[2], means[2])  # was 0.5
+    assert sweep._cache_size() == 1
 
 
 def test_bad_input_is_rejected_with_clear_messages():
