@@ -1,8 +1,9 @@
-"""Per-decision latency of Thompson sampling: ours vs MABWiser, side by side.
+"""Thompson sampling decisions: ours vs MABWiser, one at a time and in batches.
 
-One bandit, 10 Bernoulli arms (means evenly spread over [0.1, 0.9]); each decision
-is select -> reward (drawn in Python with NumPy) -> update, driven from a Python
-loop, the way a service would call it:
+One bandit, 10 Bernoulli arms (means evenly spread over [0.1, 0.9]); rewards are
+drawn in Python with NumPy, the way a service would get them.
+
+One decision per call (select -> reward -> update, driven from a Python loop):
 
 * MABWiser 2.7 ``MAB(arms, LearningPolicy.ThompsonSampling())``:
   ``predict()`` then ``partial_fit([arm], [reward])``.
@@ -11,19 +12,32 @@ loop, the way a service would call it:
 * ours, 1 call: one jitted function that applies the previous reward and selects
   the next arm (one dispatch per decision).
 
-Then what batching buys (ours only; MABWiser has no batched non-contextual path):
+A batch of decisions per call (MABWiser's own batch API against ours, the same
+work): each batch draws ``--batch`` decisions from the current posterior, then
+its rewards are drawn in NumPy and learned in one update.
 
-* one bandit, 10,000 decisions in one jitted ``lax.scan`` (rewards simulated
-  in-graph): total time / 10,000;
-* 100,000 independent bandits, one select + update for all of them per call:
-  time per call / 100,000.
+* MABWiser: ``predict(contexts)`` with ``--batch`` (ignored) context rows gives one
+  Thompson draw per row; ``partial_fit(arms, rewards)`` learns them at once.
+* ours: one jitted ``select`` on the state broadcast to ``[batch, 10]``, then one
+  jitted ``update`` with the ``[batch]`` arms and rewards (duplicates add up).
 
-Every decision is timed on its own; blocks of 200 decisions alternate between
-the contenders so that load on a shared machine hits them alike. The table gives
-median and 95th percentile per decision; compile time is reported separately.
+What batching in the graph buys (ours only, rewards simulated in-graph; compared
+with our own one-call loop, not with MABWiser, which has no in-graph path):
+
+* one bandit, 10,000 decisions in one jitted ``lax.scan``;
+* 100,000 independent bandits, one select + update for all of them per call.
+
+Timed rounds alternate: each round runs every contender once (a block of 200
+single decisions, 5 batches, one scan, one 100,000-bandit call), the order
+rotated round to round, and records the 1-minute load. Figures are per
+decision: min / median / max over the rounds, ratio of medians with its range
+(one's min / the other's max .. max / min) and the paired per-round ratios; a
+ratio whose range contains 1.0x is a tie. The per-decision median and 95th
+percentile of the single-decision loops are also given (each decision timed).
+Compile time is reported separately.
 
     python benchmarks/bandits_latency.py            # full run, writes results/
-    python benchmarks/bandits_latency.py --quick    # fewer decisions, no files
+    python benchmarks/bandits_latency.py --quick    # fewer rounds, no files
 """
 
 from __future__ import annotations
@@ -31,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -39,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _machine import machine_info
+from _timing import alternate, fmt_speedup, per_unit, speedup
 
 from convergence_jax import bandits
 
@@ -161,44 +175,75 @@ class OursOneCall:
         return next_arm
 
 
-def per_decision_latency(loops, decisions: int, block: int = 200) -> dict:
-    times = {loop.name: [] for loop in loops}
-    for _ in range(decisions // block):
-        for loop in loops:
-            record = times[loop.name]
-            for _ in range(block):
-                start = time.perf_counter()
-                loop.decide()
-                record.append(time.perf_counter() - start)
-    return times
+class MabwiserBatch:
+    name = "mabwiser_batch"
+
+    def __init__(self, seed: int, batch: int):
+        from mabwiser.mab import MAB, LearningPolicy
+
+        self.rng = np.random.default_rng(seed)
+        self.contexts = np.zeros((batch, 1))
+        start = time.perf_counter()
+        self.mab = MAB(
+            arms=list(range(ARMS)),
+            learning_policy=LearningPolicy.ThompsonSampling(),
+            seed=seed,
+        )
+        self.mab.fit(
+            decisions=list(range(ARMS)),
+            rewards=[
+                int(r < m) for r, m in zip(self.rng.random(ARMS), MEANS, strict=True)
+            ],
+        )
+        self.setup_s = time.perf_counter() - start
+
+    def decide(self) -> np.ndarray:
+        arms = np.asarray(self.mab.predict(self.contexts))
+        rewards = (self.rng.random(arms.shape) < MEANS[arms]).astype(int)
+        self.mab.partial_fit(arms, rewards)
+        return arms
 
 
-def amortized(decisions: int, batch: int, repeats: int) -> list[dict]:
+class OursBatch:
+    name = "ours_batch"
+
+    def __init__(self, seed: int, batch: int):
+        self.rng = np.random.default_rng(seed)
+        ts = bandits.beta_bernoulli(ARMS)
+        self.params = ts.default_params
+        self.state = ts.init(self.params)
+        self.key = jax.random.key(seed)
+        self.t = 0
+
+        @jax.jit
+        def select(key, t, state, params):
+            wide = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, ARMS)), state)
+            return ts.select(jax.random.fold_in(key, t), wide, params)
+
+        @jax.jit
+        def update(state, arms, rewards, params):
+            return ts.update(jax.random.key(0), state, arms, rewards, params)
+
+        self.select, self.update = select, update
+        start = time.perf_counter()
+        self.decide()
+        self.setup_s = time.perf_counter() - start
+
+    def decide(self) -> np.ndarray:
+        arms = np.asarray(self.select(self.key, self.t, self.state, self.params))
+        rewards = (self.rng.random(arms.shape) < MEANS[arms]).astype(np.float32)
+        self.state = self.update(self.state, arms, rewards, self.params)
+        self.t += 1
+        return arms
+
+
+def in_graph(decisions: int, batch: int):
+    """The two in-graph programs, compiled: name -> (call(i), decisions, compile)."""
     ts = bandits.beta_bernoulli(ARMS)
     params = ts.default_params
     means = jnp.asarray(MEANS, jnp.float32)
-    rows = []
-
     scan_run = jax.jit(
         lambda key: bandits.simulate_bernoulli(key, ts, params, means, decisions)[-1]
-    )
-    start = time.perf_counter()
-    jax.block_until_ready(scan_run(jax.random.key(0)))
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(scan_run(jax.random.key(i + 1)))
-        times.append(time.perf_counter() - start)
-    rows.append(
-        {
-            "name": "ours_scan",
-            "label": f"ours: one bandit, {decisions:,} decisions in one lax.scan",
-            "decisions_per_call": decisions,
-            "call_median_s": statistics.median(times),
-            "per_decision_us": statistics.median(times) / decisions * 1e6,
-            "compile_plus_first_call_s": compile_s,
-        }
     )
 
     @jax.jit
@@ -210,124 +255,208 @@ def amortized(decisions: int, batch: int, repeats: int) -> list[dict]:
         )
         return ts.update(key, state, arms, rewards, params)
 
-    state = ts.init(params, (batch,))
-    start = time.perf_counter()
-    state = jax.block_until_ready(batched_step(jax.random.key(0), state, params))
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        state = jax.block_until_ready(
-            batched_step(jax.random.key(i + 1), state, params)
+    holder = {"state": ts.init(params, (batch,))}
+
+    def scan_call(i):
+        jax.block_until_ready(scan_run(jax.random.key(i)))
+
+    def batched_call(i):
+        holder["state"] = jax.block_until_ready(
+            batched_step(jax.random.key(i), holder["state"], params)
         )
-        times.append(time.perf_counter() - start)
-    rows.append(
-        {
-            "name": "ours_batched",
-            "label": f"ours: {batch:,} bandits, one select + update per call",
-            "decisions_per_call": batch,
-            "call_median_s": statistics.median(times),
-            "per_decision_us": statistics.median(times) / batch * 1e6,
-            "compile_plus_first_call_s": compile_s,
-        }
-    )
-    return rows
+
+    out = {}
+    for name, call, n in (
+        ("ours_scan", scan_call, decisions),
+        ("ours_batched", batched_call, batch),
+    ):
+        start = time.perf_counter()
+        call(10**6)  # tracing + compilation + one run
+        out[name] = (call, n, time.perf_counter() - start)
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer decisions, no files"
-    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no files")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
-    decisions = 400 if args.quick else 4000
+    rounds = 3 if args.quick else args.rounds
+    block, batches = 200, 5
+    scan_decisions = 2_000 if args.quick else 10_000
+    many_bandits = 10_000 if args.quick else 100_000
     info = machine()
 
     loops = [MabwiserLoop(0), OursTwoCalls(0), OursOneCall(0)]
-    # warm-up outside the timed blocks
-    for loop in loops:
+    batch_loops = [MabwiserBatch(0, args.batch), OursBatch(0, args.batch)]
+    for loop in loops:  # warm-up outside the timed rounds
         for _ in range(50):
             loop.decide()
-    times = per_decision_latency(loops, decisions)
-    rows = []
-    for loop in loops:
-        t = np.asarray(times[loop.name])
-        rows.append(
-            {
-                "name": loop.name,
-                "label": loop.label,
-                "decisions": len(t),
-                "median_us": float(np.median(t) * 1e6),
-                "p95_us": float(np.percentile(t, 95) * 1e6),
-                "mean_us": float(t.mean() * 1e6),
-                "setup_s": loop.setup_s,
-            }
-        )
-    reference = rows[0]["median_us"]
-    for row in rows:
-        row["mabwiser_over_this"] = reference / row["median_us"]
-    batch_rows = amortized(
-        decisions=2_000 if args.quick else 10_000,
-        batch=10_000 if args.quick else 100_000,
-        repeats=3 if args.quick else 7,
-    )
-    for row in batch_rows:
-        row["mabwiser_over_this"] = reference / row["per_decision_us"]
-    info["load_average_end"] = os.getloadavg()[0]
+    for loop in batch_loops:
+        for _ in range(3):
+            loop.decide()
+    graph = in_graph(scan_decisions, many_bandits)
 
-    table = markdown(rows, batch_rows, info)
+    singles = {loop.name: [] for loop in loops}
+
+    def single(loop):
+        def run(r):
+            record = singles[loop.name]
+            for _ in range(block):
+                start = time.perf_counter()
+                loop.decide()
+                record.append(time.perf_counter() - start)
+
+        return run
+
+    def batched(loop):
+        def run(r):
+            for _ in range(batches):
+                loop.decide()
+
+        return run
+
+    contenders = {loop.name: single(loop) for loop in loops}
+    contenders |= {loop.name: batched(loop) for loop in batch_loops}
+    contenders |= {
+        name: (lambda r, call=call: call(r)) for name, (call, _, _) in graph.items()
+    }
+    timing = alternate(contenders, rounds)
+    info["load_average_end"] = os.getloadavg()[0]
+    decisions = {loop.name: block for loop in loops}
+    decisions |= {loop.name: batches * args.batch for loop in batch_loops}
+    decisions |= {name: n for name, (_, n, _) in graph.items()}
+    per = per_unit(timing, decisions)
+
+    setup = {loop.name: loop.setup_s for loop in loops + batch_loops}
+    setup |= {name: c for name, (_, _, c) in graph.items()}
+    labels = {
+        "mabwiser": "MABWiser ThompsonSampling: predict() + partial_fit([arm], "
+        "[reward])",
+        "ours_2_calls": "ours: jit(select) + jit(update), 2 dispatches",
+        "ours_1_call": "ours: one jit(update previous + select next), 1 dispatch",
+        "mabwiser_batch": f"MABWiser: predict({args.batch:,} contexts) + "
+        f"partial_fit({args.batch:,} decisions)",
+        "ours_batch": f"ours: jit(select) on [{args.batch:,}, 10] + jit(update) "
+        f"with {args.batch:,} observations",
+        "ours_scan": f"ours: one bandit, {scan_decisions:,} decisions in one lax.scan",
+        "ours_batched": f"ours: {many_bandits:,} bandits, one select + update per call",
+    }
+    rows = []
+    for name in contenders:
+        s = per["seconds"][name]
+        row = {
+            "name": name,
+            "label": labels[name],
+            "decisions_per_round": decisions[name],
+            "rounds": rounds,
+            "per_decision_us": {
+                k: (v * 1e6 if k != "values" else [x * 1e6 for x in v])
+                for k, v in s.items()
+            },
+            "setup_or_compile_s": setup[name],
+        }
+        if name in singles:
+            t = np.asarray(singles[name])
+            row["each_decision_median_us"] = float(np.median(t) * 1e6)
+            row["each_decision_p95_us"] = float(np.percentile(t, 95) * 1e6)
+        rows.append(row)
+    comparisons = [
+        ("one decision per call: ours 2 calls vs MABWiser", "ours_2_calls", "mabwiser"),
+        ("one decision per call: ours 1 call vs MABWiser", "ours_1_call", "mabwiser"),
+        (
+            f"batches of {args.batch:,}: ours vs MABWiser's batch API",
+            "ours_batch",
+            "mabwiser_batch",
+        ),
+        (
+            "what MABWiser's batch API buys it: batch vs one per call",
+            "mabwiser_batch",
+            "mabwiser",
+        ),
+        (
+            "what batching buys us: our batches vs our 1-call loop",
+            "ours_batch",
+            "ours_1_call",
+        ),
+        (
+            "what an in-graph scan buys: scan vs our 1-call loop",
+            "ours_scan",
+            "ours_1_call",
+        ),
+        (
+            f"what {many_bandits:,} bandits per call buys: vs our 1-call loop",
+            "ours_batched",
+            "ours_1_call",
+        ),
+    ]
+    ratios = [
+        {"label": label, "fast": fast, "slow": slow} | speedup(per, fast, slow)
+        for label, fast, slow in comparisons
+    ]
+    table = markdown(rows, ratios, info, per["load"], rounds)
     print(table)
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         out = {
             "benchmark": "bandits_latency",
             "machine": info,
-            "per_decision": rows,
-            "amortized": batch_rows,
+            "rows": rows,
+            "ratios": ratios,
+            "timing_seconds_per_round": timing,
         }
-        (RESULTS / "bandits_latency.json").write_text(json.dumps(out, indent=2) + "\n")
+        (RESULTS / "bandits_latency.json").write_text(json.dumps(out, indent=1) + "\n")
         (RESULTS / "bandits_latency.md").write_text(table + "\n")
 
 
-def markdown(rows, batch_rows, info) -> str:
+def markdown(rows, ratios, info, load, rounds) -> str:
     lines = [
-        "## Thompson sampling latency per decision: one bandit, 10 Bernoulli arms",
+        "## Thompson sampling per decision: one bandit, 10 Bernoulli arms",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, device `{info['device']}`, "
-        f"jax {info['jax']}, MABWiser {info['mabwiser']}; load average "
-        f"{info['load_average_start']:.1f} -> {info['load_average_end']:.1f} "
-        "(shared machine).",
+        f"jax {info['jax']}, MABWiser {info['mabwiser']}. {rounds} alternating "
+        "rounds, every contender once per round; 1-minute load over the rounds "
+        f"{load['min']:.2f} / {load['median']:.2f} / {load['max']:.2f} (min / "
+        "median / max).",
         "",
-        "Python decision loop (select -> reward -> update), each decision timed:",
-        "",
-        "| contender | decisions | median (us) | p95 (us) | setup incl. compile (s) "
-        "| MABWiser median / this |",
-        "|---|---|---|---|---|---|",
+        "| contender | decisions per round | per decision (us): median | min .. max "
+        "over rounds | each decision timed: median / p95 (us) | setup incl. "
+        "compile (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        u = r["per_decision_us"]
+        each = (
+            f"{r['each_decision_median_us']:.1f} / {r['each_decision_p95_us']:.1f}"
+            if "each_decision_median_us" in r
+            else "-"
+        )
         lines.append(
-            f"| {r['label']} | {r['decisions']:,} | {r['median_us']:.1f} | "
-            f"{r['p95_us']:.1f} | {r['setup_s']:.2f} | {r['mabwiser_over_this']:.2f}x |"
+            f"| {r['label']} | {r['decisions_per_round']:,} | {u['median']:.3f} | "
+            f"{u['min']:.3f} .. {u['max']:.3f} | {each} | "
+            f"{r['setup_or_compile_s']:.2f} |"
         )
     lines += [
         "",
-        "Amortized when decisions are batched (ours; rewards simulated in-graph):",
-        "",
-        "| contender | decisions per call | per call (s) | per decision (us) | "
-        "first call incl. compile (s) | MABWiser median / this |",
-        "|---|---|---|---|---|---|",
+        "| comparison | how many times faster per decision: ratio of medians "
+        "(range; paired min / median / max) |",
+        "|---|---|",
     ]
-    for r in batch_rows:
-        lines.append(
-            f"| {r['label']} | {r['decisions_per_call']:,} | {r['call_median_s']:.4f} "
-            f"| {r['per_decision_us']:.3f} | {r['compile_plus_first_call_s']:.2f} | "
-            f"{r['mabwiser_over_this']:.0f}x |"
-        )
+    for r in ratios:
+        lines.append(f"| {r['label']} | {fmt_speedup(r)} |")
     lines += [
         "",
-        "A jitted call from Python pays a dispatch of a few tens of microseconds "
-        "however small the work; that, not the sampling, is most of the per-decision "
-        "figure for one bandit. Batched or scanned decisions amortize it.",
+        "A ratio is bold only when its range (one's min / the other's max .. max / "
+        "min) lies wholly above or below 1.0x; otherwise it is a tie. A batch draws "
+        "all its decisions from the same posterior and learns their rewards "
+        "together (delayed feedback), on both sides of the batch row. The last three "
+        "rows compare our batched or in-graph programs with our own one-call loop: "
+        "they say what batching buys, not how we compare with MABWiser (the scan "
+        "and the 100,000-bandit call also draw their rewards in the graph). A "
+        "jitted call from Python pays a dispatch of a few tens of microseconds "
+        "however small the work; that, not the sampling, is most of the "
+        "per-decision figure for one bandit.",
     ]
     return "\n".join(lines)
 
