@@ -38,6 +38,15 @@ def test_sample_under_jit_and_vmap(space):
     keys = jax.random.split(jax.random.key(1), 3)
     out = jax.vmap(f)(keys)
     assert out["lr"].shape == (3, 5)
+    for i, key in enumerate(keys):  # each lane is that key's own sample
+        jax.tree.map(
+            lambda batched, single, i=i: np.testing.assert_array_equal(
+                batched[i], single
+            ),
+            out,
+            f(key),
+        )
+    assert len(np.unique(np.asarray(out["lr"]))) == 15  # different keys, draws
 
 
 def test_round_trip_is_exact(space):
