@@ -44,22 +44,31 @@ def test_pareto_fronts_hand_fixture():
 
 
 def test_summarize_comparison_recovers_a_known_speedup():
-    # Baseline curves rise linearly to 1 over 20 generations; the strategy twice
-    # as fast; both with population 10.
-    g = np.arange(1, 21)
-    base = np.minimum(g / 20, 1.0)
-    fast = np.minimum(g / 10, 1.0)
-    noise = np.random.default_rng(0).normal(0, 0.01, (2, 3, 16, 20))
-    curves = np.stack([np.broadcast_to(fast, (3, 16, 20)),
-                       np.broadcast_to(base, (3, 16, 20))]) + noise  # fmt: skip
+    # Each run rises linearly to 1 and stays there; it first reaches 1 (the
+    # baseline's final score, the threshold) at its own generation: 8-12 for the
+    # strategy, 16-24 for the baseline, per task and seed. Both populations are 10.
+    rng = np.random.default_rng(0)
+    reach = np.stack([rng.integers(8, 13, (3, 16)), rng.integers(16, 25, (3, 16))])
+    g = np.arange(1, 31)
+    curves = np.minimum(g / reach[..., None], 1.0)  # [2 strategies, 3, 16, 30]
     results = {"names": ["fast", "base"], "task_names": ["a", "b", "c"],
                "curves": curves, "population_size": np.array([10, 10]),
                "baseline": "base"}  # fmt: skip
     s = meta.summarize_comparison(results, num_bootstrap=200)["fast"]
-    assert s["speedup"]["low"] < 2.0 < s["speedup"]["high"] + 0.15
-    assert abs(s["fewer_evaluations"]["estimate"] - 0.5) < 0.06
-    assert s["final_improvement"]["estimate"] == pytest.approx(0.0, abs=0.02)
-    # At equal budget, a population of 20 is scored at generation 10 (0.5).
+    # Known from the construction: the geometric mean over tasks of the ratio of
+    # the mean generations to reach the threshold.
+    ratio = reach[1].mean(-1) / reach[0].mean(-1)  # [tasks]
+    speedup = np.exp(np.log(ratio).mean())
+    assert 1.6 < speedup < 2.4  # (a real speedup, about 2x)
+    assert s["speedup"]["estimate"] == pytest.approx(speedup, rel=1e-12)
+    assert s["speedup"]["low"] < speedup < s["speedup"]["high"]
+    assert s["fewer_evaluations"]["estimate"] == pytest.approx(1 - 1 / speedup)
+    assert s["final_improvement"]["estimate"] == 0.0  # both end at 1
+    assert s["reached_strategy"]["estimate"] == s["reached_baseline"]["estimate"] == 1
+    # At equal budget (10 x 30 evaluations), a baseline population of 20 is scored
+    # at generation 15, where its runs are at min(15 / reach, 1).
     results["population_size"] = np.array([10, 20])
     s = meta.summarize_comparison(results, num_bootstrap=10)["fast"]
-    assert s["final_improvement"]["estimate"] == pytest.approx(1.0, abs=0.05)
+    at_15 = np.minimum(15 / reach[1], 1.0).mean()
+    assert s["final_improvement"]["estimate"] == pytest.approx(1 / at_15 - 1)
+    assert s["fewer_evaluations"]["estimate"] == pytest.approx(1 - 0.5 / speedup)
