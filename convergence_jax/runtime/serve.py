@@ -15,9 +15,11 @@ The mutating routes (select records a decision, update applies a reward, expire
 deletes stale decisions) need the API
 key, read from the environment variable ``--api-key-env`` (default
 ``CONVERGENCE_API_KEY``) and sent as ``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``. Bad input gets a 4xx whose ``detail`` says what is wrong: 401 (no
-or wrong key), 404 (unknown bandit or decision), 409 (a decision already has another
-reward), 422 (a missing, unknown or invalid field; a NaN or out-of-range reward).
+``X-API-Key: KEY``. Bad input gets a 4xx whose ``detail`` says what is wrong: 400 (a
+body that is not UTF-8 JSON), 401 (no or wrong key), 404 (unknown bandit or
+decision), 409 (a decision already has another reward), 422 (a missing, unknown or
+invalid field; a NaN or out-of-range reward). ``/openapi.json`` declares each
+route's statuses and their bodies.
 
 FastAPI and uvicorn are imported only by this module (the command line imports it for
 ``serve`` alone), so the rest of the library does not need them.
@@ -32,12 +34,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 import yaml
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from convergence_jax.runtime.bandit import (
@@ -157,16 +160,73 @@ class ExpireRequest(BaseModel):
     older_than_s: float = Field(ge=0, description="seconds a decision has waited")
 
 
-def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
-    """The FastAPI app over ``runtime``; ``api_key=None`` disables the key check."""
+class ExpireResponse(BaseModel):
+    bandit: str
+    expired: int = Field(description="how many pending decisions were deleted")
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        sent = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if sent is None and auth.lower().startswith("bearer "):
-            sent = auth[7:].strip()
+
+class HealthResponse(BaseModel):
+    status: str
+    bandits: list[str]
+
+
+class ErrorResponse(BaseModel):
+    """A 400, 401, 404 or 409: ``detail`` says what is wrong."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One invalid field of a request, as FastAPI (pydantic) reports it."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422: a list of invalid fields (a missing, unknown or ill-typed field), or a
+    message from the runtime (a NaN or out-of-range reward, a bad duration)."""
+
+    detail: str | list[ValidationIssue]
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error statuses of a route, for its OpenAPI schema."""
+    what = {
+        400: (ErrorResponse, "a body that cannot be read (not UTF-8 JSON)"),
+        401: (ErrorResponse, "missing or wrong API key"),
+        404: (ErrorResponse, "unknown bandit (or decision)"),
+        409: (ErrorResponse, "the decision already has another reward"),
+        422: (ValidationErrorResponse, "invalid request"),
+    }
+    return {
+        code: {"model": what[code][0], "description": what[code][1]} for code in codes
+    }
+
+
+_API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="the API key"
+)
+_BEARER = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+
+
+def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
+    """The FastAPI app over ``runtime``; ``api_key=None`` disables the key check.
+
+    Its OpenAPI schema (``/openapi.json``) declares every status each route answers,
+    with its body: 400 (an unreadable body), 401 (on the mutating routes, when a
+    key is set), 404, 409 and 422.
+    """
+
+    def check_key(
+        header: Annotated[str | None, Security(_API_KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    ) -> None:
+        sent = header
+        if sent is None and bearer is not None:
+            sent = bearer.credentials.strip()
         if sent is None or not hmac.compare_digest(sent.encode(), api_key.encode()):
             raise HTTPException(
                 status_code=401,
@@ -175,6 +235,9 @@ def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
             )
 
     app = FastAPI(title="convergence-jax runtime", version="1")
+    # the mutating routes: the key check and its 401, unless served without a key
+    auth = [Depends(check_key)] if api_key is not None else []
+    unauthorized = (401,) if api_key is not None else ()
 
     @app.exception_handler(RuntimeBanditError)
     async def bandit_error(request: Request, exc: RuntimeBanditError):
@@ -186,30 +249,38 @@ def create_app(runtime: Runtime, api_key: str | None) -> FastAPI:
             code = 422
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
-    @app.post("/select", dependencies=[Depends(check_key)])
+    @app.post(
+        "/select", dependencies=auth, responses=_responses(400, *unauthorized, 404, 422)
+    )
     def select(body: SelectRequest) -> SelectResponse:
         choice = runtime.select(body.bandit, user_id=body.user_id, context=body.context)
         return SelectResponse(**choice._asdict())
 
-    @app.post("/update", dependencies=[Depends(check_key)])
+    @app.post(
+        "/update",
+        dependencies=auth,
+        responses=_responses(400, *unauthorized, 404, 409, 422),
+    )
     def update(body: UpdateRequest) -> UpdateResponse:
         result = runtime.update(body.bandit, body.decision_id, body.reward)
         return UpdateResponse(**result._asdict())
 
-    @app.post("/expire", dependencies=[Depends(check_key)])
-    def expire(body: ExpireRequest) -> dict[str, Any]:
+    @app.post(
+        "/expire", dependencies=auth, responses=_responses(400, *unauthorized, 404, 422)
+    )
+    def expire(body: ExpireRequest) -> ExpireResponse:
         count = runtime.expire(body.bandit, body.older_than_s)
-        return {"bandit": body.bandit, "expired": count}
+        return ExpireResponse(bandit=body.bandit, expired=count)
 
-    @app.get("/stats")
+    @app.get("/stats", responses=_responses(404, 422))
     def stats(bandit: str | None = Query(default=None)) -> dict[str, Any]:
         if bandit is not None:
             return runtime.stats(bandit)
         return {"bandits": {name: runtime.stats(name) for name in runtime.names()}}
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "bandits": runtime.names()}
+    def healthz() -> HealthResponse:
+        return HealthResponse(status="ok", bandits=runtime.names())
 
     return app
 
