@@ -433,7 +433,7 @@ class Runtime:
         process that already used this ``Runtime`` opens its own, and never uses the
         parent's (SQLite forbids carrying a connection across ``fork``). The
         inherited one is kept referenced, never closed, in the child (see
-        ``_after_fork_in_child``)."""
+        ``_INHERITED``)."""
         pid = os.getpid()
         handle = getattr(self._local, "handle", None)
         if handle is not None and handle.pid == pid:
