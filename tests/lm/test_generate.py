@@ -25,16 +25,21 @@ PROMPTS = [[5, 17, 42], [7, 1, 250, 99, 3, 12]]
 @pytest.fixture(scope="module")
 def params():
     # Wider than the 0.02 init so the next-token distributions are peaked.
-    params = lm.init_params(jax.random.key(0), CONFIG)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    return jax.tree.unflatten(
-        tree,
-        [
-            0.3 * jax.random.normal(k, x.shape)
-            for k, x in zip(keys, leaves, strict=True)
-        ],
-    )
+    shapes = jax.eval_shape(lm.init_params, jax.random.key(0), CONFIG)
+
+    @jax.jit
+    def widened(key):
+        leaves, tree = jax.tree.flatten(shapes)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(
+            tree,
+            [
+                0.3 * jax.random.normal(k, x.shape)
+                for k, x in zip(keys, leaves, strict=True)
+            ],
+        )
+
+    return widened(jax.random.key(1))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def batch():
     return lm.pad_batch(PROMPTS, pad_id=0)
 
 
-def greedy_from_scratch(params, prompt, steps):
+def greedy_from_scratch(params, prompt, steps, config=CONFIG):
     """Append argmax(logits[-1]) one token at a time, with no cache: the whole
     sequence is run again at every step (right-padded to one length so that one
     compiled forward serves every step; causality keeps the padding out)."""
@@ -51,7 +56,7 @@ def greedy_from_scratch(params, prompt, steps):
     for _ in range(steps):
         buffer = np.zeros((1, length), np.int32)
         buffer[0, : len(seq)] = seq
-        logits, _ = lm.forward(params, CONFIG, buffer)
+        logits, _ = lm.forward(params, config, buffer)
         seq.append(int(np.argmax(logits[0, len(seq) - 1])))
     return seq[len(prompt) :]
 
@@ -221,3 +226,16 @@ def test_bad_input_is_named_before_compiling(params, batch, change, message):
     with pytest.raises(ValueError, match=message):
         lm.generate(jax.random.key(0), params, CONFIG, **kwargs)
     assert _generate._cache_size() == compiled
+
+
+def test_bfloat16_generation_equals_bfloat16_from_scratch(params, batch):
+    config = CONFIG.replace(dtype="bfloat16", param_dtype="bfloat16")
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    tokens, mask = batch
+    out = lm.generate(
+        jax.random.key(0), half, config, tokens, mask, max_new_tokens=4, temperature=0
+    )
+    assert out.logprobs.dtype == jnp.float32
+    for row, prompt in enumerate(PROMPTS):
+        want = greedy_from_scratch(half, prompt, 4, config)
+        assert out.tokens[row, 0].tolist() == want

@@ -8,6 +8,7 @@ folder; nothing is downloaded.
 import json
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -204,3 +205,45 @@ def test_bad_checkpoints_are_named_before_compiling(tmp_path):
     ][:, :, :16]
     with pytest.raises(ValueError, match="q_proj/kernel has shape"):
         lm.save_hf(tmp_path / "out", config, params)
+
+
+def test_greedy_generation_matches_transformers_generate(tmp_path):
+    model = build("qwen2", tmp_path)
+    config, params = lm.load_hf(tmp_path)
+    tokens, mask = lm.pad_batch([TOKENS[0, :5].tolist(), TOKENS[1, :9].tolist()], 0)
+    with torch.no_grad():
+        theirs = model.generate(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[:, tokens.shape[1] :].numpy()
+    ours = lm.generate(
+        jax.random.key(0),
+        params,
+        config,
+        tokens,
+        mask,
+        max_new_tokens=10,
+        temperature=0,
+    )
+    np.testing.assert_array_equal(ours.tokens[:, 0], theirs)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.3), (0, 0.9), (7, 1.0), (20, 0.5)])
+def test_filters_match_transformers_warpers(top_k, top_p):
+    from transformers.generation.logits_process import (
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    logits = np.random.default_rng(top_k).normal(size=(6, 300)).astype(np.float32) * 3
+    reference = torch.tensor(logits)
+    if top_k:
+        reference = TopKLogitsWarper(top_k)(None, reference)
+    if top_p < 1:
+        reference = TopPLogitsWarper(top_p)(None, reference)
+    ours = np.asarray(lm.filter_logits(jnp.asarray(logits), top_k, top_p))
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(reference.numpy()))
