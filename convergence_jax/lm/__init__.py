@@ -22,7 +22,6 @@ from convergence_jax.lm.generate import (
 )
 from convergence_jax.lm.hf import (
     HFTensor,
-    check_params,
     hf_tensor_table,
     load_hf,
     load_hf_config,
@@ -32,6 +31,7 @@ from convergence_jax.lm.model import (
     KVCache,
     Transformer,
     apply_rotary,
+    check_params,
     forward,
     init_cache,
     init_params,

@@ -221,10 +221,7 @@ class LMConfig:
                 f"{sorted(MODEL_TYPES)} ({', '.join(MODEL_TYPES.values())})"
             )
         architectures = hf.get("architectures") or [MODEL_TYPES[model_type]]
-        known = {
-            MODEL_TYPES[model_type],
-            MODEL_TYPES[model_type].replace("ForCausalLM", "Model"),
-        }
+        known = {MODEL_TYPES[model_type]}  # a causal-LM head, not a bare *Model
         if not set(architectures) <= known:
             raise ValueError(
                 f"unsupported checkpoint: architectures={architectures!r} for "

@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax
 
 from convergence_jax.lm.config import LMConfig
-from convergence_jax.lm.model import KVCache, forward, init_cache
+from convergence_jax.lm.model import KVCache, check_params, forward, init_cache
 
 
 class Generation(NamedTuple):
@@ -217,13 +217,15 @@ def generate(
     Returns:
         `Generation` of ``[B, G, N]`` arrays: tokens, log-probs, completion mask.
 
-    Bad input (shapes, a prompt plus ``max_new_tokens`` longer than
-    ``config.max_position_embeddings``, ids outside the vocabulary, a batch that is
-    not left-padded) raises ``ValueError`` naming the argument, before compiling.
+    Bad input (params that do not fit ``config``, shapes, a prompt plus
+    ``max_new_tokens`` longer than ``config.max_position_embeddings``, ids outside
+    the vocabulary, a batch that is not left-padded) raises ``ValueError`` naming
+    the argument, before compiling.
     Value checks are skipped for arrays traced by an enclosing `jax.jit`.
     """
     if not isinstance(config, LMConfig):
         raise ValueError(f"config must be an LMConfig, got {type(config).__name__}")
+    check_params(config, params)
     shape = np.shape(prompt_tokens)
     if len(shape) != 2 or shape[1] < 1:
         raise ValueError(

@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from flax.traverse_util import flatten_dict
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from convergence_jax.lm.config import LMConfig
-from convergence_jax.lm.model import init_params
+from convergence_jax.lm.model import check_params, init_params
 
 _NUMPY_DTYPES = {
     "float32": np.float32,
@@ -227,23 +226,3 @@ def save_hf(folder: str | os.PathLike, config: LMConfig, params, dtype=None) -> 
     hf["dtype"] = dtype
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return folder
-
-
-def check_params(config: LMConfig, params) -> None:
-    """Raise ``ValueError`` naming every parameter that is missing, extra or of the
-    wrong shape for ``config``."""
-    shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), config))
-    want = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(shapes).items()}
-    try:
-        got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten_dict(params).items()}
-    except (TypeError, AttributeError) as error:
-        raise ValueError(f"params must be a nested dict of arrays: {error}") from None
-    problems = [f"missing {k}" for k in want if k not in got]
-    problems += [f"unexpected {k}" for k in got if k not in want]
-    problems += [
-        f"{k} has shape {got[k]}, expected {want[k]}"
-        for k in want
-        if k in got and got[k] != want[k]
-    ]
-    if problems:
-        raise ValueError("params do not match the config: " + "; ".join(problems[:8]))

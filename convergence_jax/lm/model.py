@@ -23,6 +23,8 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict
 from jax import lax
 
 from convergence_jax.lm.config import LMConfig
@@ -285,3 +287,28 @@ def token_logprobs(
     if attention_mask is not None:
         picked = jnp.where(attention_mask[:, 1:] > 0, picked, 0.0)
     return picked
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
+    shapes = jax.eval_shape(init_params, jax.random.key(0), config)
+    return {"/".join(k): tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+
+
+def check_params(config: LMConfig, params) -> None:
+    """Raise ``ValueError`` naming every parameter that is missing, extra or of the
+    wrong shape for ``config``."""
+    want = _param_shapes(config)
+    try:
+        got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten_dict(params).items()}
+    except (TypeError, AttributeError) as error:
+        raise ValueError(f"params must be a nested dict of arrays: {error}") from None
+    problems = [f"missing {k}" for k in want if k not in got]
+    problems += [f"unexpected {k}" for k in got if k not in want]
+    problems += [
+        f"{k} has shape {got[k]}, expected {want[k]}"
+        for k in want
+        if k in got and got[k] != want[k]
+    ]
+    if problems:
+        raise ValueError("params do not match the config: " + "; ".join(problems[:8]))
