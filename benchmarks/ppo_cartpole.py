@@ -7,9 +7,14 @@ down to whole rollouts: 244 x 2048 = 499,712), Adam at a constant 2.5e-4, gamma
 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5, max grad norm 0.5.
 
 * Single run: environment steps per second of a whole training run, steady state
-  (an untimed first call after compilation, then timed calls), measured in
-  alternation between the contenders, each in its own worker process. Compile time
-  of the JAX programs is reported separately.
+  (an untimed first call after compilation, then timed rounds: each round runs
+  every contender once, the order reversed every other round, and records the
+  1-minute load), each contender in its own worker process. Compile time of the
+  JAX programs is reported separately. SB3 (25-45 s a run here) runs in the
+  first rounds only (--sb3-repeats).
+* Ratios: ratio of medians, its range (one's min / other's max .. max / min) and
+  the min / median / max of the per-round ratios; a ratio whose range contains
+  1.0x is reported as a tie, never in bold.
 * 16 seeds: one call of the training program vmapped over 16 keys (ours and rejax),
   as aggregate environment steps per second, against SB3's single-run figure (16
   SB3 runs one after another).
@@ -66,6 +71,9 @@ CONFIG = {
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
 }
+
+# A ratio is called (faster, slower or tie) only from this many rates per side.
+MIN_ROUNDS_FOR_VERDICT = 3
 
 # Ours: mean return of the episodes finished in the last updates of a run.
 FINAL_UPDATES = 10
@@ -435,9 +443,17 @@ class Worker(JsonWorker):
         super().__init__(argv, env)
 
 
-def timed_runs(workers, repeats, seeds):
-    """Compile, one untimed call, then timed calls alternating between workers.
+def _load() -> float:
+    """The machine's 1-minute load average now."""
+    return os.getloadavg()[0]
 
+
+def timed_runs(workers, repeats, seeds):
+    """Compile, one untimed call each, then rounds alternating between the workers.
+
+    Each round runs every worker that still has runs left, in the workers' order on
+    even rounds and reversed on odd rounds, so that a change in load hits all of them
+    alike; the 1-minute load average is read before each round and after the last.
     SB3 compiles nothing and gets no untimed call (a run is long; torch's one-time
     costs are negligible next to it).
     """
@@ -452,16 +468,25 @@ def timed_runs(workers, repeats, seeds):
             "first_call_seconds": first,
             "runs": [],
         }
+    rounds = []
     for rep in range(max(repeats.values())):
-        order = list(workers.items())
+        order = [name for name in workers if rep < repeats[name]]
         if rep % 2:
             order.reverse()
-        for name, w in order:
-            if rep < repeats[name]:
-                reply = w.ask(op="run", seed=rep + 1, seeds=seeds)
-                figures[name]["runs"].append(reply)
-    for name, f in figures.items():
+        entry = {"round": rep + 1, "load_1min_before": _load(), "order": order}
+        rates = {}
+        for name in order:
+            reply = workers[name].ask(op="run", seed=rep + 1, seeds=seeds)
+            figures[name]["runs"].append(reply)
+            rates[name] = reply["env_steps"] / reply["seconds"]
+        entry["env_steps_per_second"] = rates
+        rounds.append(entry)
+        shown = "  ".join(f"{n} {r:,.0f}" for n, r in rates.items())
+        print(f"round {rep + 1}  load {entry['load_1min_before']:.2f}  {shown}")
+    load_after = _load()
+    for f in figures.values():
         runs = f.pop("runs")
+        f["rounds"] = len(runs)
         f["run_seconds"] = summarize([r["seconds"] for r in runs])
         f["env_steps"] = runs[0]["env_steps"]
         f["env_steps_per_second"] = summarize(
@@ -469,28 +494,57 @@ def timed_runs(workers, repeats, seeds):
         )
         returns = [v for r in runs for v in r["final_return"]]
         f["final_return"] = summarize(returns)
-        rate = f["env_steps_per_second"]["median"]
-        compile_s = f["compile_seconds"]
-        compiled = "" if compile_s is None else f"  compile {compile_s:.1f}s"
-        print(
-            f"{name:16s} {rate:10,.0f} env steps/s{compiled}  "
-            f"final return {f['final_return']['mean']:.1f}"
-        )
-    return figures
+    loads = [r["load_1min_before"] for r in rounds] + [load_after]
+    return {
+        "contenders": figures,
+        "rounds": rounds,
+        "load_1min": {
+            "before_first_round": loads[0],
+            "after_last_round": load_after,
+            "min": min(loads),
+            "max": max(loads),
+        },
+    }
 
 
-def paired_ratio(figures, a, b):
-    """Median over repetitions of b's run time / a's (same env steps per run)."""
-    ta = figures[a]["run_seconds"]["values"]
-    tb = figures[b]["run_seconds"]["values"]
-    return statistics.median(y / x for x, y in zip(ta, tb, strict=True))
+def compare(timing, a, b, b_rate=None):
+    """a's env steps / s against b's: ratio of medians, spreads and a verdict.
 
-
-def ratio(figures, a, b):
-    return (
-        figures[a]["env_steps_per_second"]["median"]
-        / figures[b]["env_steps_per_second"]["median"]
-    )
+    ``range`` is a's min / b's max .. a's max / b's min (the ratio's extremes over
+    the two contenders' spreads); ``paired`` gives min / median / max of the per-round
+    ratios of the rounds both ran in. The verdict is "faster" or "slower" only when
+    ``range`` lies wholly above or below 1.0x (the min..max spreads of the two
+    rates do not overlap); otherwise it is a tie. With fewer than
+    MIN_ROUNDS_FOR_VERDICT rates on either side there is no spread to speak of and
+    no verdict. ``b_rate`` (a summary) stands in
+    for b's rates when b did not run in these rounds.
+    """
+    ra = timing["contenders"][a]["env_steps_per_second"]
+    rb = b_rate or timing["contenders"][b]["env_steps_per_second"]
+    low, high = ra["min"] / rb["max"], ra["max"] / rb["min"]
+    if min(len(ra["values"]), len(rb["values"])) < MIN_ROUNDS_FOR_VERDICT:
+        verdict = "too few rounds"
+    else:
+        verdict = "faster" if low > 1 else "slower" if high < 1 else "tie"
+    out = {
+        "of_medians": ra["median"] / rb["median"],
+        "range": [low, high],
+        "verdict": verdict,
+    }
+    if b_rate is None:
+        per_round = [
+            r["env_steps_per_second"][a] / r["env_steps_per_second"][b]
+            for r in timing["rounds"]
+            if a in r["env_steps_per_second"] and b in r["env_steps_per_second"]
+        ]
+        out["paired"] = {
+            "rounds": len(per_round),
+            "min": min(per_round),
+            "median": statistics.median(per_round),
+            "max": max(per_round),
+            "values": per_round,
+        }
+    return out
 
 
 def main(args):
@@ -507,7 +561,7 @@ def main(args):
         "differences": differences(args.config),
         "machine": machine_info(),
         "versions": {name: w.info for name, w in workers.items()},
-        "repeats": {
+        "rounds": {
             "jax_single": args.repeats,
             "sb3_single": args.sb3_repeats,
             "seeds": args.seed_repeats,
@@ -516,18 +570,20 @@ def main(args):
     }
     print(json.dumps(result["versions"], indent=1))
 
-    # ---- single runs, all three alternating
+    # ---- single runs, all three alternating (SB3 in the first rounds only)
     repeats = {
         "convergence_jax": args.repeats,
         "rejax": args.repeats,
         "sb3": args.sb3_repeats,
     }
     single = timed_runs(workers, repeats, seeds=0)
-    single["ratio_ours_rejax"] = ratio(single, "convergence_jax", "rejax")
-    single["ratio_ours_rejax_paired"] = paired_ratio(single, "convergence_jax", "rejax")
-    single["ratio_ours_sb3"] = ratio(single, "convergence_jax", "sb3")
-    single["ratio_rejax_sb3"] = ratio(single, "rejax", "sb3")
-    print(f"single run, ours / rejax: {single['ratio_ours_rejax']:.2f}x")
+    single["ratios"] = {
+        "ours_rejax": compare(single, "convergence_jax", "rejax"),
+        "ours_sb3": compare(single, "convergence_jax", "sb3"),
+        "rejax_sb3": compare(single, "rejax", "sb3"),
+    }
+    for name, r in single["ratios"].items():
+        print(f"single run, {name}: {r['of_medians']:.2f}x ({r['verdict']})")
     result["single"] = single
     workers.pop("sb3").close()
 
@@ -536,18 +592,23 @@ def main(args):
         repeats = {name: args.seed_repeats for name in workers}
         batched = timed_runs(workers, repeats, seeds=args.seeds)
         batched["seeds"] = args.seeds
-        batched["ratio_ours_rejax"] = ratio(batched, "convergence_jax", "rejax")
-        batched["ratio_ours_rejax_paired"] = paired_ratio(
-            batched, "convergence_jax", "rejax"
-        )
-        sb3_rate = single["sb3"]["env_steps_per_second"]["median"]
-        ours_rate = batched["convergence_jax"]["env_steps_per_second"]["median"]
-        batched["sb3_aggregate_env_steps_per_second"] = sb3_rate
-        batched["ratio_ours_sb3"] = ours_rate / sb3_rate
-        batched["ratio_ours_sb3_if_sb3_fills_all_cores"] = ours_rate / (
-            sb3_rate * result["machine"]["cores"] / args.torch_threads
-        )
-        print(f"{args.seeds} seeds, ours / rejax: {batched['ratio_ours_rejax']:.2f}x")
+        sb3_rate = single["contenders"]["sb3"]["env_steps_per_second"]
+        processes = result["machine"]["cores"] // args.torch_threads
+        sb3_all_cores = summarize([r * processes for r in sb3_rate["values"]])
+        batched["ratios"] = {
+            "ours_rejax": compare(batched, "convergence_jax", "rejax"),
+            # SB3 has no batched form: 16 runs in sequence run at its single rate.
+            "ours_sb3_runs_in_sequence": compare(
+                batched, "convergence_jax", "sb3", b_rate=sb3_rate
+            ),
+            "ours_sb3_if_sb3_fills_all_cores": compare(
+                batched, "convergence_jax", "sb3", b_rate=sb3_all_cores
+            ),
+        }
+        for name, r in batched["ratios"].items():
+            print(
+                f"{args.seeds} seeds, {name}: {r['of_medians']:.2f}x ({r['verdict']})"
+            )
         result["seeds"] = batched
     result["load_average_end"] = os.getloadavg()
     for w in workers.values():
@@ -570,22 +631,90 @@ def _return(f):
     return f"{r['mean']:.1f} ({r['min']:.1f} .. {r['max']:.1f})"
 
 
+def _rounds(n):
+    return f"{n} round" if n == 1 else f"{n} rounds"
+
+
+VERDICT = {
+    "faster": "faster: the spreads do not overlap",
+    "slower": "slower: the spreads do not overlap",
+    "tie": "**tie**: the spreads overlap 1.0x",
+    "too few rounds": f"not called: fewer than {MIN_ROUNDS_FOR_VERDICT} rounds",
+}
+
+
+def _ratio_row(label, r, digits=2):
+    """One row of a ratio table; the ratio is bold only when it is not a tie."""
+    x = f"{r['of_medians']:.{digits}f}x"
+    if r["verdict"] in ("faster", "slower"):
+        x = f"**{x}**"
+    low, high = r["range"]
+    paired = r.get("paired")
+    paired = (
+        f"{paired['min']:.2f} / {paired['median']:.2f} / {paired['max']:.2f} "
+        f"({_rounds(paired['rounds'])})"
+        if paired
+        else "—"
+    )
+    return (
+        f"| {label} | {x} | {low:.{digits}f} .. {high:.{digits}f} | {paired} | "
+        f"{VERDICT[r['verdict']]} |"
+    )
+
+
+RATIO_HEAD = [
+    "| ratio | of medians | min .. max (min / max .. max / min) | "
+    "paired per round, min / median / max | verdict |",
+    "|---|---:|---:|---:|---|",
+]
+
+
+def _round_table(timing, names, labels, pair):
+    a, b = pair
+    head = " | ".join(labels[n] for n in names)
+    lines = [
+        f"| round | 1-min load before | order | {head} | {labels[a]} / {labels[b]} |",
+        "|---:|---:|---|" + "---:|" * len(names) + "---:|",
+    ]
+    short = {"convergence_jax": "ours", "rejax": "rejax", "sb3": "SB3"}
+    for r in timing["rounds"]:
+        rates = r["env_steps_per_second"]
+        cells = " | ".join(f"{rates[n]:,.0f}" if n in rates else "" for n in names)
+        ratio = f"{rates[a] / rates[b]:.2f}" if a in rates and b in rates else ""
+        order = ", ".join(short[n] for n in r["order"])
+        lines.append(
+            f"| {r['round']} | {r['load_1min_before']:.2f} | {order} | {cells} | "
+            f"{ratio} |"
+        )
+    load = timing["load_1min"]
+    lines += [
+        "",
+        f"1-minute load average: {load['before_first_round']:.2f} before the first "
+        f"round, {load['after_last_round']:.2f} after the last, "
+        f"{load['min']:.2f} .. {load['max']:.2f} over the rounds.",
+    ]
+    return lines
+
+
 def markdown(result) -> str:
     m, v, c = result["machine"], result["versions"], result["config"]
-    single, reps = result["single"], result["repeats"]
+    single, reps = result["single"], result["rounds"]
+    contenders = single["contenders"]
     ours, rejax, sb3 = v["convergence_jax"], v["rejax"], v["sb3"]
     cpu = f"CPU ({m['cpu']})"
 
     def device(info):
         return m["gpu"] if info["platform"] == "gpu" else cpu
 
-    steps = single["convergence_jax"]["env_steps"]
-    sb3_steps = single["sb3"]["env_steps"]
+    steps = contenders["convergence_jax"]["env_steps"]
+    sb3_steps = contenders["sb3"]["env_steps"]
+    sb3_seconds = contenders["sb3"]["run_seconds"]["median"]
     labels = {
         "convergence_jax": "convergence_jax.rl",
         "rejax": f"rejax {rejax['rejax']}",
         "sb3": f"SB3 {sb3['stable_baselines3']}",
     }
+    short = {"convergence_jax": "ours", "rejax": "rejax", "sb3": "SB3"}
     lines = [
         "# PPO on CartPole-v1: convergence_jax vs rejax vs Stable-Baselines3",
         "",
@@ -603,39 +732,52 @@ def markdown(result) -> str:
         f"{device(rejax)}, flax {rejax['flax']}, gymnax {rejax['gymnax']}. "
         f"SB3 {sb3['stable_baselines3']}: torch {sb3['torch']} on CPU with "
         f"{sb3['torch_threads']} thread(s), gymnasium {sb3['gymnasium']}. "
-        f"Load average at start / end: {result['load_average_start'][0]:.2f} / "
-        f"{result['load_average_end'][0]:.2f}.",
+        f"1-minute load average at start / end of the benchmark: "
+        f"{result['load_average_start'][0]:.2f} / "
+        f"{result['load_average_end'][0]:.2f}; each round's load is in the round "
+        "tables below.",
+        "",
+        "How to read the ratios: each contender's rate is summarized by min / "
+        "median / max over its rounds. A ratio A / B is given as the ratio of "
+        "medians, its range (A's min / B's max .. A's max / B's min) and the min / "
+        "median / max of the per-round ratios. It is "
+        "bold, and called faster or slower, only when its range lies wholly above or "
+        "below 1.0x, i.e. the two min..max spreads do not overlap; otherwise it is a "
+        "tie.",
         "",
         "## One training run (steady state, after compilation)",
         "",
-        f"Timed runs alternate between the contenders: {reps['jax_single']} each for "
-        f"the JAX libraries after one untimed call, {reps['sb3_single']} for SB3.",
+        f"{_rounds(reps['jax_single'])} for the JAX libraries after one untimed call "
+        "each; in each round every contender runs once, the order reversed every "
+        f"other round. SB3 ({sb3_seconds:.0f} s a run, median) runs the same "
+        f"{sb3_steps:,} steps in "
+        f"the first {_rounds(reps['sb3_single'])} only.",
         "",
-        "| library | device | env steps / s (median) | min .. max | compile (s) | "
-        "final return |",
-        "|---|---|---:|---:|---:|---:|",
+        "| library | device | env steps / s (median) | min .. max | rounds | "
+        "compile (s) | final return |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("convergence_jax", "rejax", "sb3"):
-        f = single[name]
+        f = contenders[name]
         lines.append(
-            f"| {labels[name]} | {device(v[name])} | {_rate(f)} | {_compile(f)} | "
-            f"{_return(f)} |"
+            f"| {labels[name]} | {device(v[name])} | {_rate(f)} | {f['rounds']} | "
+            f"{_compile(f)} | {_return(f)} |"
         )
     same_device = ours["platform"] == rejax["platform"]
     ours_cpu = ours["platform"] == "cpu"
-    lines += [""]
+    ratios = single["ratios"]
+    lines += ["", *RATIO_HEAD]
     if same_device:
-        lines.append(
-            f"ours / rejax: **{single['ratio_ours_rejax']:.2f}x** (ratio of medians; "
-            f"median of paired ratios {single['ratio_ours_rejax_paired']:.2f}x)."
-        )
+        lines.append(_ratio_row("ours / rejax", ratios["ours_rejax"]))
     if ours_cpu:
-        lines.append(
-            f"ours / SB3: {single['ratio_ours_sb3']:.1f}x; rejax / SB3: "
-            f"{single['ratio_rejax_sb3']:.1f}x."
-        )
+        lines.append(_ratio_row("ours / SB3", ratios["ours_sb3"], 1))
+        lines.append(_ratio_row("rejax / SB3", ratios["rejax_sb3"], 1))
     else:
-        lines.append("No ratio against SB3: it ran on the CPU, ours did not.")
+        lines += ["", "No ratio against SB3: it ran on the CPU, ours did not."]
+    lines += ["", "Rounds (env steps / s):", ""]
+    lines += _round_table(
+        single, ["convergence_jax", "rejax", "sb3"], short, ("convergence_jax", "rejax")
+    )
     if "seeds" in result:
         s = result["seeds"]
         n = s["seeds"]
@@ -644,40 +786,58 @@ def markdown(result) -> str:
             f"## {n} seeds: one call vmapped over {n} keys",
             "",
             f"Aggregate env steps per second ({n} x {steps:,} steps per call), "
-            f"{reps['seeds']} alternating timed calls each after one untimed call. "
-            f"SB3 has no batched form: {n} SB3 runs go one after another, so its "
-            "aggregate is its single-run figure above.",
+            f"{_rounds(reps['seeds'])}, alternating, after one untimed call each. SB3 "
+            f"has no batched form: {n} SB3 runs go one after another, so its "
+            "aggregate is its single-run rate above.",
             "",
-            "| library | aggregate env steps / s (median) | min .. max | "
+            "| library | aggregate env steps / s (median) | min .. max | rounds | "
             "compile (s) | final return, mean over runs (min .. max) |",
-            "|---|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name in ("convergence_jax", "rejax"):
-            f = s[name]
+            f = s["contenders"][name]
             lines.append(
-                f"| {labels[name]}, {n} seeds | {_rate(f)} | {_compile(f)} | "
-                f"{_return(f)} |"
+                f"| {labels[name]}, {n} seeds | {_rate(f)} | {f['rounds']} | "
+                f"{_compile(f)} | {_return(f)} |"
             )
+        f = contenders["sb3"]
         lines.append(
-            f"| {labels['sb3']}, {n} runs in sequence | "
-            f"{s['sb3_aggregate_env_steps_per_second']:,.0f} | | — | |"
+            f"| {labels['sb3']}, {n} runs in sequence | {_rate(f)} | {f['rounds']} "
+            "(single runs) | — | |"
         )
-        lines += [""]
+        lines += ["", *RATIO_HEAD]
         if same_device:
             lines.append(
-                f"ours / rejax, {n} seeds: **{s['ratio_ours_rejax']:.2f}x** "
-                f"(paired {s['ratio_ours_rejax_paired']:.2f}x)."
+                _ratio_row(f"ours / rejax, {n} seeds", s["ratios"]["ours_rejax"])
             )
         if ours_cpu:
+            processes = m["cores"] // sb3["torch_threads"]
             lines.append(
-                f"ours ({n} seeds vmapped) / SB3 ({n} runs in sequence): "
-                f"**{s['ratio_ours_sb3']:.1f}x**. SB3 uses "
-                f"{sb3['torch_threads']} torch thread(s), so on this "
-                f"{m['cores']}-core machine several SB3 processes could run at "
-                "once; at a perfect "
-                f"{m['cores'] // sb3['torch_threads']}x from filling every core the "
-                f"ratio would be {s['ratio_ours_sb3_if_sb3_fills_all_cores']:.1f}x."
+                _ratio_row(
+                    f"ours ({n} seeds vmapped) / SB3 ({n} runs in sequence)",
+                    s["ratios"]["ours_sb3_runs_in_sequence"],
+                    1,
+                )
             )
+            lines.append(
+                _ratio_row(
+                    f"ours ({n} seeds vmapped) / SB3 at {processes}x (one process "
+                    "per core)",
+                    s["ratios"]["ours_sb3_if_sb3_fills_all_cores"],
+                    1,
+                )
+            )
+            lines += [
+                "",
+                f"SB3 uses {sb3['torch_threads']} torch thread(s), so on this "
+                f"{m['cores']}-core machine {processes} SB3 processes could run at "
+                f"once; the last row assumes a perfect {processes}x from that (not "
+                "measured).",
+            ]
+        lines += ["", "Rounds (aggregate env steps / s):", ""]
+        lines += _round_table(
+            s, ["convergence_jax", "rejax"], short, ("convergence_jax", "rejax")
+        )
     lines += [
         "",
         "## Notes",
@@ -702,16 +862,27 @@ def parse(argv=None):
     p.add_argument("--worker", choices=["ours", "rejax", "sb3"], help=argparse.SUPPRESS)
     p.add_argument("--config", type=json.loads, default=CONFIG, help=argparse.SUPPRESS)
     p.add_argument("--total-timesteps", type=int, default=CONFIG["total_timesteps"])
-    p.add_argument("--repeats", type=int, default=3, help="timed runs, JAX libraries")
-    p.add_argument("--sb3-repeats", type=int, default=2, help="timed SB3 runs")
+    p.add_argument(
+        "--repeats", type=int, default=9, help="timed rounds of single runs (JAX)"
+    )
+    p.add_argument(
+        "--sb3-repeats", type=int, default=3, help="of those rounds, SB3 runs in"
+    )
     p.add_argument("--seeds", type=int, default=16, help="vmapped seeds (0: skip)")
-    p.add_argument("--seed-repeats", type=int, default=2, help="timed vmapped calls")
+    p.add_argument(
+        "--seed-repeats", type=int, default=7, help="timed rounds of vmapped calls"
+    )
     p.add_argument("--torch-threads", type=int, default=1, help="SB3 torch threads")
     p.add_argument("--rejax-python", help="interpreter with rejax and gymnax 0.0.9")
     p.add_argument("--sb3-python", help="interpreter with stable-baselines3")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="tiny smoke run, no files")
+    p.add_argument(
+        "--markdown-from",
+        type=Path,
+        help="write the .md next to this results .json again, without running",
+    )
     return p.parse_args(argv)
 
 
@@ -720,18 +891,24 @@ if __name__ == "__main__":
     if args.worker:
         worker_main(args.worker, args.config, args.torch_threads)
         sys.exit(0)
+    if args.markdown_from:
+        result = json.loads(args.markdown_from.read_text())
+        args.markdown_from.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {args.markdown_from.with_suffix('.md')}")
+        sys.exit(0)
     if args.quick:
         args.total_timesteps = 4 * CONFIG["num_envs"] * CONFIG["num_steps"]
-        args.repeats, args.sb3_repeats, args.seeds, args.seed_repeats = 2, 1, 2, 1
+        args.repeats, args.sb3_repeats, args.seeds, args.seed_repeats = 3, 1, 2, 2
     args.config = dict(CONFIG, total_timesteps=args.total_timesteps)
     if args.total_timesteps < CONFIG["num_envs"] * CONFIG["num_steps"]:
         sys.exit("--total-timesteps: at least one rollout (2048 steps) is needed")
     result = main(args)
+    name = f"{NAME}{args.tag}"
+    if not args.quick:  # the measurements first, in case the table fails
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
     print(text)
     if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        name = f"{NAME}{args.tag}"
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         (args.out / f"{name}.md").write_text(text)
         print(f"wrote {args.out / name}.json and .md")
