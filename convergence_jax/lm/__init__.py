@@ -16,6 +16,7 @@ See ``docs/lm.md``.
 from convergence_jax.lm.config import LMConfig
 from convergence_jax.lm.generate import (
     Generation,
+    completion_logprobs,
     filter_logits,
     generate,
     sample_token,
@@ -59,6 +60,7 @@ __all__ = [
     "Transformer",
     "apply_rotary",
     "check_params",
+    "completion_logprobs",
     "filter_logits",
     "forward",
     "generate",

@@ -11,8 +11,7 @@ sampled token, over the whole vocabulary, before top-k / top-p filtering
 (temperature 0, greedy, reports the raw model ``log_softmax(logits)``). This is the
 quantity TRL's GRPO trainer recomputes in its loss (``logits / temperature`` then a
 log-softmax), so the sampler's log-probs can serve as the old policy's log-probs of
-a token-policy RL step; `convergence_jax.lm.token_logprobs` recomputes them from
-scratch.
+a token-policy RL step; `completion_logprobs` recomputes them from scratch.
 """
 
 from __future__ import annotations
@@ -173,6 +172,40 @@ def _generate(
     *_, buffers = lax.while_loop(cond, body, carry)
     shape = (batch, num_samples, max_new_tokens)
     return Generation(*(b.reshape(shape) for b in buffers))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def completion_logprobs(
+    params,
+    config: LMConfig,
+    prompt_tokens,
+    prompt_mask,
+    completions,
+    completion_mask,
+    temperature=1.0,
+):
+    """Log-probs of completion tokens given their prompt, recomputed in one pass
+    (no cache), as a token-policy loss needs them.
+
+    ``prompt_tokens``/``prompt_mask``: ``[B, P]`` left-padded; ``completions`` /
+    ``completion_mask``: ``[B, N]`` or ``[B, G, N]`` (a `Generation`'s fields; each
+    prompt is then repeated ``G`` times). Returns ``log_softmax(logits /
+    temperature)`` of each completion token, ``[B, N]`` or ``[B, G, N]``, 0 where
+    ``completion_mask`` is 0: `generate`'s ``logprobs`` for its own samples.
+    """
+    shape = completions.shape
+    if completions.ndim == 3:
+        prompt_tokens = jnp.repeat(prompt_tokens, shape[1], axis=0)
+        prompt_mask = jnp.repeat(prompt_mask, shape[1], axis=0)
+        completions = completions.reshape(-1, shape[-1])
+        completion_mask = completion_mask.reshape(-1, shape[-1])
+    prompt_len = prompt_tokens.shape[1]
+    tokens = jnp.concatenate([prompt_tokens, completions], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
+    logits, _ = forward(params, config, tokens, mask)
+    logp = jax.nn.log_softmax(logits[:, prompt_len - 1 : -1] / temperature, axis=-1)
+    picked = jnp.take_along_axis(logp, completions[..., None], axis=-1)[..., 0]
+    return jnp.where(completion_mask > 0, picked, 0.0).reshape(shape)
 
 
 def _concrete(x) -> np.ndarray | None:

@@ -144,6 +144,11 @@ def test_samples_per_prompt_differ_and_logprobs_match_from_scratch(params, batch
                 atol=1e-5,
             )
     assert (np.asarray(out.tokens[0]) != np.asarray(out.tokens[1])).any()  # keys
+    # the batched recomputation a token-policy loss uses gives the same numbers
+    rescored = lm.completion_logprobs(
+        params, CONFIG, tokens, mask, out.tokens[1], out.mask[1], 0.8
+    )
+    np.testing.assert_allclose(rescored, out.logprobs[1], atol=1e-5)
 
 
 def test_stop_tokens_end_the_completion_mask(params, batch):
@@ -166,6 +171,10 @@ def test_stop_tokens_end_the_completion_mask(params, batch):
     np.testing.assert_array_equal(row, np.arange(N) <= first)  # the stop token counts
     assert out.tokens[0, 0].tolist() == greedy[: first + 1] + [299] * (N - first - 1)
     assert not np.asarray(out.logprobs[0, 0, first + 1 :]).any()
+    rescored = lm.completion_logprobs(
+        params, CONFIG, tokens, mask, out.tokens[:, 0], out.mask[:, 0]
+    )
+    np.testing.assert_allclose(rescored, out.logprobs[:, 0], atol=1e-5)
     other = greedy_from_scratch(params, PROMPTS[1], N)
     end = other.index(stop) if stop in other else N - 1
     assert out.tokens[1, 0, : end + 1].tolist() == other[: end + 1]
