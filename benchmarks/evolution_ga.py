@@ -105,8 +105,9 @@ TUNING = {
     },
     "CMA_ES": {
         "std_init": {"center": 1.0, "factor": 3.0, "bounds": (0.0, math.inf)},
-        # Weights past (lambda + 1) / 2 are negative in evosax's CMA_ES, so the
-        # positive-weight (elite) fraction stops at one half.
+        # In evosax's CMA_ES elite_ratio only sets mu_eff, from the first
+        # elite_ratio * lambda log-rank weights; those turn negative past
+        # (lambda + 1) / 2, so the fraction stops at one half.
         "elite_ratio": {"center": 0.25, "factor": 2.0, "bounds": (0.0, 0.5)},
     },
 }
