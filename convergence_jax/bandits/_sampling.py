@@ -36,7 +36,9 @@ to at most 16,384 elements, where two attempts are fused into one pass and a
 ``lax.while_loop`` finishes the rare leftovers. If a level's rejections ever
 overflow its buffer, the full pass simply repeats (on the rejected elements)
 until they fit. Under ``vmap`` a custom batching rule flattens the batch into one
-such problem with per-element seeds instead of batching the loops.
+such problem with per-element seeds instead of batching the loops; elements are
+numbered within their lane, so lane ``j`` of a vmapped draw equals the unbatched
+draw with lane ``j``'s arguments (as with ``jax.random``).
 """
 
 from __future__ import annotations
@@ -277,30 +279,49 @@ _STREAMS = 4  # counter streams reserved per attempt (a proposal uses at most 4)
 # one flat call can serve many independently seeded problems (see the vmap rule).
 
 
-def _attempt(propose, params, idx, attempt, n: int):
-    """One attempt for every element; ``idx=None`` means elements ``0..n-1``."""
+def _element_numbers(positions: jax.Array, lane: int | None) -> jax.Array:
+    """Hash element numbers of flat ``positions``: their index within their lane."""
+    if lane is None:
+        return positions
+    return lax.rem(positions, np.int32(lane))
+
+
+def _attempt(propose, params, idx, attempt, n: int, lane: int | None = None):
+    """One attempt for every element.
+
+    ``idx=None`` means elements ``0..n-1`` numbered within lanes of ``lane``
+    consecutive elements (None: one lane), i.e. ``i % lane``.
+    """
     # The barrier ties the parameters to the (loop-variant) attempt counter, so
     # XLA cannot hoist per-element work such as rsqrt(9 d) out of retry loops:
     # hoisting would materialize several full-size arrays and cost more than it
     # saves.
     params, idx, attempt = lax.optimization_barrier((params, idx, attempt))
     if idx is None:
-        idx = lax.iota(jnp.int32, n)  # computed inside the fused kernel, never stored
+        # computed inside the fused kernel, never stored
+        idx = _element_numbers(lax.iota(jnp.int32, n), lane)
     return propose(params[2:], _Bits(params[:2], attempt, idx, _STREAMS))
 
 
-def _retry(propose, params, idx, value, attempt):
+def _retry(propose, params, idx, value, attempt, lane: int | None = None):
     """Redraw the rejected entries of ``value`` once, with a fresh attempt number."""
-    new_value = _attempt(propose, params, idx, attempt, value.shape[0])
+    new_value = _attempt(propose, params, idx, attempt, value.shape[0], lane)
     return jnp.where(value == _REJECTED, new_value, value), attempt + 1
 
 
-def _solve(propose, params, idx, valid, attempt, n: int):
+def _solve(propose, params, idx, valid, attempt, n: int, lane: int | None = None):
     """Exact draws for ``n`` elements.
 
     ``params`` are ``(k0, k1, *distribution_params)``, each a scalar or ``[n]``;
-    ``idx`` (``[n]`` element numbers, or None for ``0..n-1``) and the attempt number
-    form the hash counter; ``valid`` (None: all) marks padding in sub-problems.
+    ``idx`` (``[n]`` element numbers, or None for ``i % lane``: see ``_attempt``)
+    and the attempt number form the hash counter; ``valid`` (None: all) marks
+    padding in sub-problems.
+
+    Every element's value is its proposal at the first accepted attempt number
+    of 0, 1, 2, ... (each rejected element is redrawn at every attempt number in
+    turn, whatever the path), so it depends only on its seed, element number and
+    parameters, never on the other elements: this is what makes a vmapped draw
+    equal to the per-lane draws.
     """
     if n <= _TINY_SIZE:
         # Small arrays (e.g. one bandit's arms): loop overhead, not arithmetic,
@@ -316,13 +337,13 @@ def _solve(propose, params, idx, valid, attempt, n: int):
                 value = jnp.where(value == _REJECTED, propose(dist_params, more), value)
             return value
 
-        value = _attempt(first_accepted, params, idx, attempt, n)
+        value = _attempt(first_accepted, params, idx, attempt, n, lane)
         if valid is not None:
             value = jnp.where(valid, value, 0)
         attempt = attempt + r
         value, attempt = lax.while_loop(
             lambda c: jnp.any(c[0] == _REJECTED),
-            lambda c: _retry(propose, params, idx, *c),
+            lambda c: _retry(propose, params, idx, *c, lane),
             (value, attempt),
         )
         return value, attempt
@@ -338,12 +359,12 @@ def _solve(propose, params, idx, valid, attempt, n: int):
             value = jnp.where(valid, value, 0)
         return (value, *_compact(value == _REJECTED, size))
 
-    value, pos, count = compact(_attempt(propose, params, idx, attempt, n))
+    value, pos, count = compact(_attempt(propose, params, idx, attempt, n, lane))
     attempt = attempt + 1
 
     def overflow(carry):
         value, attempt, _, _ = carry
-        value, attempt = _retry(propose, params, idx, value, attempt)
+        value, attempt = _retry(propose, params, idx, value, attempt, lane)
         return (*compact(value)[:1], attempt, *compact(value)[1:])
 
     value, attempt, pos, _ = lax.while_loop(
@@ -352,7 +373,7 @@ def _solve(propose, params, idx, valid, attempt, n: int):
     sub_valid = pos < n
     safe = jnp.where(sub_valid, pos, 0)
     sub_params = tuple(p[safe] if p.ndim else p for p in params)
-    sub_idx = safe if idx is None else idx[safe]
+    sub_idx = _element_numbers(safe, lane) if idx is None else idx[safe]
     sub_value, attempt = _solve(propose, sub_params, sub_idx, sub_valid, attempt, size)
     value = value.at[pos].set(sub_value, mode="drop", unique_indices=True)
     return value, attempt
@@ -391,14 +412,31 @@ def _seed(key: jax.Array, name: str) -> jax.Array:
     return jnp.stack([k0, k1])
 
 
-def _make_draw(propose):
+def _make_draw(propose, lane: int | None = None, _lanes: dict | None = None):
     """``draw(k0, k1, *params)``: exact draws, shape = broadcast of all inputs.
 
     Under ``vmap`` the custom rule flattens the batch into one 1-D problem with
     per-element seeds. Without it, JAX would batch the retry ``while_loop`` and run
     the kernel on ``[batch, K]`` arrays, which XLA:CPU vectorizes poorly for few
     arms (10x slower in a vmapped simulation with 10 arms).
+
+    Lane semantics (as ``jax.random``): lane ``j`` of a vmapped draw is exactly
+    the unbatched draw with lane ``j``'s arguments, whichever arguments are
+    batched and however many vmaps are nested; a Python loop over the batched
+    axis gives the same numbers. So lanes that share one key (an unbatched key,
+    batched parameters) share their random numbers, as separate calls with that
+    key would. The rule keeps this by numbering the hash's elements within each
+    lane: the flat problem is solved with element numbers ``i % lane``, where
+    ``lane`` is the size of one unbatched call (``lane=None``: the call is the
+    lane). Nested vmaps keep the innermost lane size, a multiple of which every
+    outer lane is.
     """
+    lanes = {} if _lanes is None else _lanes
+
+    def lane_draw(size: int):
+        if size not in lanes:
+            lanes[size] = _make_draw(propose, size, lanes)
+        return lanes[size]
 
     @jax.custom_batching.custom_vmap
     def draw(k0, k1, *params):
@@ -416,7 +454,9 @@ def _make_draw(propose):
             else (x if x.shape == shape else jnp.broadcast_to(x, shape)).reshape(-1)
             for x in (k0, k1, *params)
         )
-        value, _ = _solve(propose, flat, None, None, jnp.uint32(0), n)
+        value, _ = _solve(
+            propose, flat, None, None, jnp.uint32(0), n, None if lane == n else lane
+        )
         return value.reshape(shape)
 
     @draw.def_vmap
@@ -435,7 +475,8 @@ def _make_draw(propose):
                     (axis_size,) + (1,) * (len(shape) - x.ndim + 1) + x.shape[1:]
                 )
             flat.append(jnp.broadcast_to(x, full).reshape(-1))
-        return draw(*flat).reshape(full), True
+        inner = lane_draw(math.prod(shape) if lane is None else lane)
+        return inner(*flat).reshape(full), True
 
     return draw
 
@@ -457,6 +498,16 @@ def _propose_log_gamma(params, bits: _Bits) -> jax.Array:
     d, rest, accept = _mt_log_gamma(alpha, z, log_u, _log(_unit_open(w3)))
     value = jnp.where(accept, _log(d) + rest, _REJECTED)
     return jnp.where(_valid_shape(alpha), value, np.float32(np.nan))
+
+
+def _propose_gamma(params, bits: _Bits) -> jax.Array:
+    """``exp`` of the log-space draw, inside the kernel (+inf, rejected, stays +inf).
+
+    Outside the kernel ``jnp.exp`` would run as its own XLA op, whose CPU code
+    differs by an ulp between some array sizes (e.g. 7 and 35 elements), so a
+    vmapped call would not equal the per-lane calls bit for bit.
+    """
+    return jnp.exp(_propose_log_gamma(params, bits))
 
 
 def _propose_student(params, bits: _Bits) -> jax.Array:
@@ -497,6 +548,7 @@ def _propose_beta(params, bits: _Bits) -> jax.Array:
 # jit-wrapped so that eager calls reuse one executable per shape (inside an outer
 # jit they are simply inlined).
 _draw_log_gamma = jax.jit(_make_draw(_propose_log_gamma))
+_draw_gamma = jax.jit(_make_draw(_propose_gamma))
 _draw_beta = jax.jit(_make_draw(_propose_beta))
 _draw_student = jax.jit(_make_draw(_propose_student))
 
@@ -548,7 +600,7 @@ def sample_gamma(key: jax.Array, a) -> jax.Array:
     algorithm (Marsaglia-Tsang with the log-space boost for ``a < 1``).
     """
     a = _as_f32(a, "a", "sample_gamma")
-    return jnp.exp(_run(_draw_log_gamma, key, (a,), "sample_gamma"))
+    return _run(_draw_gamma, key, (a,), "sample_gamma")
 
 
 def sample_beta(key: jax.Array, a, b) -> jax.Array:

@@ -138,19 +138,117 @@ def test_vmap_over_keys_gives_independent_exact_draws():
     assert y.shape == (4,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the sampler's custom vmap rule numbers the elements of all "
-    "lanes together, so lane j of vmap(sample_beta)(keys) is not "
-    "sample_beta(keys[j]) for j > 0 (and lanes sharing a key draw differently); "
-    "remove this mark when the rule numbers elements within each lane",
-)
 def test_vmap_lane_is_the_unbatched_draw_of_its_key():
     keys = jax.random.split(jax.random.key(12), 3)
     a = jnp.full((5,), 2.0)
     batched = np.asarray(jax.vmap(bandits.sample_beta, (0, None, None))(keys, a, 3.0))
     for j in range(3):  # what jax.random.beta guarantees
         np.testing.assert_array_equal(batched[j], bandits.sample_beta(keys[j], a, 3.0))
+
+
+# Every sampler built on the exact driver, with one or two parameter arrays.
+EXACT_SAMPLERS = {
+    "beta": lambda key, a: bandits.sample_beta(key, a, jnp.flip(a, -1) + 0.5),
+    "gamma": bandits.sample_gamma,
+    "log_gamma": bandits.sample_log_gamma,
+    "student_scale": bandits.sample_student_scale,
+}
+
+
+def lane_params(lanes: int, arms: int) -> jax.Array:
+    """[lanes, arms] shapes around 1 (the highest rejection rates) and below 1."""
+    grid = jnp.linspace(0.2, 3.0, lanes * arms).reshape(lanes, arms)
+    return jnp.where(jnp.arange(arms) % 3 == 0, 1.0, grid)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_SAMPLERS))
+# 4 x 5,000 is past _TINY_SIZE in one flat vmapped problem (compacted retries)
+# while each lane alone takes the small path: the draws must not depend on it.
+@pytest.mark.parametrize("lanes, arms", [(6, 10), (4, 5000)])
+def test_vmap_over_keys_and_params_equals_the_loop(name, lanes, arms):
+    sample = EXACT_SAMPLERS[name]
+    keys = jax.random.split(jax.random.key(20), lanes)
+    a = lane_params(lanes, arms)
+    batched = np.asarray(jax.vmap(sample)(keys, a))
+    for j in range(lanes):
+        np.testing.assert_array_equal(batched[j], sample(keys[j], a[j]))
+    # jit changes nothing either
+    np.testing.assert_array_equal(jax.jit(jax.vmap(sample))(keys, a), batched)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_SAMPLERS))
+def test_vmap_with_a_shared_key_equals_the_loop(name):
+    # An unbatched key over batched parameters means what a Python loop calling
+    # the sampler with that one key means: common random numbers across lanes.
+    sample = EXACT_SAMPLERS[name]
+    key = jax.random.key(21)
+    a = lane_params(5, 7)
+    batched = np.asarray(jax.vmap(sample, (None, 0))(key, a))
+    for j in range(5):
+        np.testing.assert_array_equal(batched[j], sample(key, a[j]))
+    # lanes with the same key and the same parameters draw the same numbers
+    same = np.asarray(jax.vmap(sample, (None, 0))(key, jnp.tile(a[:1], (3, 1))))
+    for j in range(3):
+        np.testing.assert_array_equal(same[j], batched[0])
+
+
+def test_vmap_over_a_non_leading_axis_equals_the_loop():
+    key = jax.random.key(22)
+    a = lane_params(4, 6)  # lanes along axis 1: six lanes of four
+    batched = np.asarray(jax.vmap(bandits.sample_beta, (None, 1, None), 1)(key, a, 2.0))
+    for j in range(6):
+        np.testing.assert_array_equal(
+            batched[:, j], bandits.sample_beta(key, a[:, j], 2.0)
+        )
+
+
+def test_nested_vmap_equals_the_double_loop():
+    # outer: keys; inner: parameters under the outer lane's (shared) key
+    keys = jax.random.split(jax.random.key(23), 3)
+    a = lane_params(4, 5)
+    nested = jax.jit(
+        jax.vmap(jax.vmap(bandits.sample_beta, (None, 0, None)), (0, None, None))
+    )
+    out = np.asarray(nested(keys, a, 0.8))
+    assert out.shape == (3, 4, 5)
+    for i in range(3):
+        for j in range(4):
+            np.testing.assert_array_equal(
+                out[i, j], bandits.sample_beta(keys[i], a[j], 0.8)
+            )
+    # both levels over keys (a [3, 2] grid), parameters batched at the inner one
+    grid = jax.random.split(jax.random.key(24), (3, 2))
+    b = lane_params(2, 5)
+    both = jax.vmap(jax.vmap(bandits.sample_gamma), (0, None))(grid, b)
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_array_equal(
+                both[i, j], bandits.sample_gamma(grid[i, j], b[j])
+            )
+
+
+@pytest.mark.parametrize("algorithm", ["beta_bernoulli", "gaussian"])
+def test_thompson_sample_vmapped_over_keys_equals_each_key(algorithm):
+    ts = getattr(bandits, algorithm)(10)
+    params = ts.default_params
+    state = ts.init(params)
+    arms = jnp.array([0, 1, 1, 2, 3, 3, 3, 9])
+    rewards = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.2])
+    state = ts.update(jax.random.key(1), state, arms, rewards, params)
+    keys = jax.random.split(jax.random.key(25), 6)
+    draws = np.asarray(
+        jax.jit(jax.vmap(ts.sample, (0, None, None)))(keys, state, params)
+    )
+    for j in range(6):
+        single = np.asarray(ts.sample(keys[j], state, params))
+        if algorithm == "beta_bernoulli":  # the sampler's output itself
+            np.testing.assert_array_equal(draws[j], single)
+        else:
+            # mu_n + sqrt(beta_n / kappa_n) t: t is equal bit for bit (see
+            # student_scale above), but XLA:CPU may fuse this multiply-add into
+            # an FMA at one array size and not at another (an ulp, as with
+            # jax.random), so this one is compared to float32 rounding.
+            np.testing.assert_allclose(draws[j], single, rtol=1e-6, atol=1e-7)
 
 
 def test_inside_scan_and_nested_vmap():

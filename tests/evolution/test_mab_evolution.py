@@ -69,8 +69,12 @@ def test_vmap_over_seeds_and_params():
     out = np.asarray(run(keys, me.default_params))
     assert out.shape == (4, 3)
     assert len(np.unique(out[:, -1])) == 4  # every seed is its own run
-    # (Each lane is not yet the same run as that key alone: the bandit sampler's
-    # vmap rule numbers elements across lanes; see test_sampling's xfail.)
+    # each lane is the same run as its key alone (a vmapped seed reproduces)
+    alone = jax.jit(
+        lambda key: run_mab_evolution(key, me, me.default_params, noisy, 3)[1]
+    )
+    for j in (0, 3):
+        np.testing.assert_array_equal(out[j], alone(keys[j])["best_fitness"])
 
     def sweep(rates):
         params = jax.vmap(
