@@ -149,8 +149,8 @@ def make_curves(
       which is what an accelerator wants.
     * ``"map"``: ``lax.map`` over genomes, ``vmap`` over (task, seed) inside. The
       method genes are then unbatched, so each genome runs only its own operators;
-      on 2 CPU cores a meta-generation took 0.76 s against 1.07 s with ``"vmap"``
-      (medians of 15 alternating rounds, ``benchmarks/meta_evolution.py``).
+      on 2 CPU cores a meta-generation took 0.71 s against 1.07 s with ``"vmap"``
+      (medians of 21 alternating rounds, ``benchmarks/meta_evolution.py``).
     * ``"auto"`` (default): ``"map"`` on the CPU backend, ``"vmap"`` elsewhere.
     """
     axis = _genome_axis(genome_axis)
