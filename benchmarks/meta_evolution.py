@@ -302,7 +302,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--population", type=int, default=64)
     p.add_argument("--generations", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=21)
     args = p.parse_args()
     if args.quick:
         args.genomes, args.population, args.generations = 4, 8, 5
