@@ -1,0 +1,60 @@
+"""Token-policy RL: GRPO-family advantages and losses (pure functions).
+
+from convergence_jax import llm
+
+adv = llm.ADVANTAGES["grpo"](rewards, group_size=8)          # [N]
+loss, metrics = llm.policy_loss_from_config(
+    "dapo", logp, old_logp, adv, mask)                       # [N, T] inputs
+"""
+
+from convergence_jax.llm.advantages import (
+    ADVANTAGES,
+    batch_std_advantages,
+    dr_grpo_advantages,
+    dynamic_sampling_mask,
+    grpo_advantages,
+    overlong_filter_mask,
+    rloo_advantages,
+    select_groups,
+    soft_overlong_punishment,
+)
+from convergence_jax.llm.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    LOSSES,
+    RATIO_LEVELS,
+    TUNIX_AGGREGATION,
+    PolicyLossConfig,
+    aggregate,
+    gepo_log_weights,
+    importance_log_weights,
+    kl_penalty,
+    off_policy_mask,
+    policy_loss,
+    policy_loss_from_config,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "LOSSES",
+    "RATIO_LEVELS",
+    "TUNIX_AGGREGATION",
+    "PolicyLossConfig",
+    "aggregate",
+    "batch_std_advantages",
+    "dr_grpo_advantages",
+    "dynamic_sampling_mask",
+    "gepo_log_weights",
+    "grpo_advantages",
+    "importance_log_weights",
+    "kl_penalty",
+    "off_policy_mask",
+    "overlong_filter_mask",
+    "policy_loss",
+    "policy_loss_from_config",
+    "rloo_advantages",
+    "select_groups",
+    "soft_overlong_punishment",
+]
