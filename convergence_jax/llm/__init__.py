@@ -1,4 +1,5 @@
-"""Token-policy RL: GRPO-family advantages and losses (pure functions).
+"""Token-policy RL: GRPO-family advantages and losses, token GAE and VAPO
+(pure functions).
 
 from convergence_jax import llm
 
@@ -33,6 +34,16 @@ from convergence_jax.llm.losses import (
     policy_loss,
     policy_loss_from_config,
 )
+from convergence_jax.llm.value import (
+    masked_whiten,
+    positive_nll_loss,
+    token_gae,
+    token_ppo_loss,
+    token_value_loss,
+    vapo_advantages,
+    vapo_lambda,
+    vapo_loss,
+)
 
 __all__ = [
     "ADVANTAGES",
@@ -50,11 +61,19 @@ __all__ = [
     "grpo_advantages",
     "importance_log_weights",
     "kl_penalty",
+    "masked_whiten",
     "off_policy_mask",
     "overlong_filter_mask",
     "policy_loss",
     "policy_loss_from_config",
+    "positive_nll_loss",
     "rloo_advantages",
     "select_groups",
     "soft_overlong_punishment",
+    "token_gae",
+    "token_ppo_loss",
+    "token_value_loss",
+    "vapo_advantages",
+    "vapo_lambda",
+    "vapo_loss",
 ]

@@ -56,7 +56,7 @@ def grpo_advantages(
     rewards: jax.Array, group_size: int, *, epsilon: float | jax.Array = 1e-4
 ) -> jax.Array:
     """Group-normalized advantage (GRPO; Shao et al. 2024, DeepSeekMath, arXiv
-    2402.03300, eq. 3).
+    2402.03300).
 
     ``A_i = (r_i - mean_g(r)) / (std_g(r) + epsilon)`` with the Bessel-corrected
     (ddof 1) std of the prompt's group, as TRL (``scale_rewards="group"``,
@@ -81,7 +81,7 @@ def dr_grpo_advantages(
     rewards: jax.Array, group_size: int, *, epsilon: float | jax.Array = 0.0
 ) -> jax.Array:
     """Mean-only advantage (Dr. GRPO; Liu et al. 2025, "Understanding R1-Zero-Like
-    Training", arXiv 2503.20783, §3.1): ``A_i = r_i - mean_g(r)``.
+    Training", arXiv 2503.20783): ``A_i = r_i - mean_g(r)``.
 
     No division by the std, which the paper shows biases updates towards prompts
     that are too easy or too hard. TRL ``scale_rewards="none"``; Tunix
@@ -134,7 +134,7 @@ ADVANTAGES = {
 def dynamic_sampling_mask(
     rewards: jax.Array, group_size: int, *, atol: float | jax.Array = 0.0
 ) -> jax.Array:
-    """DAPO's dynamic-sampling filter (Yu et al. 2025, arXiv 2503.14476, eq. 11:
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, arXiv 2503.14476:
     ``0 < |{o_i : is_equivalent(a, o_i)}| < G``), generalized to any reward.
 
     A group whose rewards are all equal (``max - min <= atol``) has zero
@@ -173,7 +173,7 @@ def soft_overlong_punishment(
     penalty: float | jax.Array = 1.0,
     capped: bool = True,
 ) -> jax.Array:
-    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), a reward term.
+    """DAPO's soft overlong punishment (arXiv 2503.14476), a reward term.
 
     With ``L_exp = max_length - cache_length``::
 
@@ -209,7 +209,7 @@ def soft_overlong_punishment(
 
 
 def overlong_filter_mask(mask: jax.Array, truncated: jax.Array) -> jax.Array:
-    """DAPO's overlong filtering (arXiv 2503.14476, §3.4): truncated completions
+    """DAPO's overlong filtering (arXiv 2503.14476): truncated completions
     (no EOS within the budget) drop out of the loss.
 
     ``mask'[i, t] = mask[i, t] * (1 - truncated[i])``; TRL

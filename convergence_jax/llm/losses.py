@@ -136,8 +136,8 @@ def aggregate(
     empty. ``num_items`` is the token count of the *global* batch that TRL's
     ``dapo`` divides by (``gather(mask.sum()).sum() / num_processes``; default:
     this batch's ``sum(mask)``, i.e. ``bnpo``). ``max_completion_length``
-    defaults to ``T``. Papers: GRPO (arXiv 2402.03300 eq. 3), Dr. GRPO (arXiv
-    2503.20783 eq. 2), DAPO token-level loss (arXiv 2503.14476 eq. 12).
+    defaults to ``T``. Papers: GRPO (arXiv 2402.03300), Dr. GRPO (arXiv
+    2503.20783), DAPO token-level loss (arXiv 2503.14476).
     """
     if mode not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
@@ -248,9 +248,9 @@ def importance_log_weights(
         token          : log w_{i,t} = r_{i,t}                 (GRPO, DAPO)
         sequence       : log w_{i,t} = log s_i = sum_t m r / max(n_i, 1)
                          s_i = (pi_theta(o_i|q) / pi_old(o_i|q))^(1/|o_i|)
-                         (GSPO; Zheng et al. 2025, arXiv 2507.18071, eq. 7)
+                         (GSPO; Zheng et al. 2025, arXiv 2507.18071)
         sequence_token : log w_{i,t} = l_{i,t} - sg(l_{i,t}) + sg(log s_i)
-                         (GSPO-token, eq. 13: value s_i, per-token gradient)
+                         (GSPO-token: value s_i, per-token gradient)
         gepo           : log w_{i,t} = gepo_log_weights(...)_i (needs group_size)
     """
     if level not in RATIO_LEVELS:
@@ -339,7 +339,7 @@ def policy_loss(
         loss   = aggregate(L, mask, aggregation)
 
     GRPO: Shao et al. 2024 (arXiv 2402.03300); clip-higher (``epsilon_high >
-    epsilon_low``): DAPO (arXiv 2503.14476, eq. 10); ``epsilon_high=None`` means
+    epsilon_low``): DAPO (arXiv 2503.14476); ``epsilon_high=None`` means
     ``epsilon_low``. TRL warns that ``ratio_level="sequence"`` with any
     aggregation but ``grpo`` weights each sequence by its length; GSPO is
     ``sequence`` with ``grpo``.
