@@ -326,3 +326,31 @@ def test_reasoning_gym_bridge():
     assert TOK.decode_batch(tokens, mask) == prompts
     with pytest.raises(ValueError, match="entries"):
         task.reward(right[:2], entries)
+
+
+@pytest.mark.parametrize("name", ["addition", "reverse"])
+def test_reward_is_one_exactly_when_exact_on_random_completions(name):
+    task = TASKS[name]
+    batch = task.sample(jax.random.key(7), 32)
+    # random completions: the answer with some tokens replaced by alphabet chars
+    alphabet = np.asarray(TOK.encode("0123456789" if name == "addition" else "abcd"))
+    rng = np.random.default_rng(0)
+    tokens = np.asarray(batch.answer_tokens).copy()
+    mask = np.asarray(batch.answer_mask)
+    flip = (rng.random(tokens.shape) < 0.2) & (tokens != EOS) & (mask > 0)
+    tokens[flip] = rng.choice(alphabet, flip.sum())
+    grouped = np.stack([tokens, np.asarray(batch.answer_tokens)], axis=1)
+    grouped_mask = np.stack([mask, mask], axis=1)
+    r = np.asarray(task.reward(grouped, grouped_mask, batch))
+    e = np.asarray(task.exact_match(grouped, grouped_mask, batch))
+    assert ((0 <= r) & (r <= 1)).all()
+    np.testing.assert_array_equal(r == 1, e == 1)
+    assert (e[:, 1] == 1).all() and (e[:, 0] == 0).any()
+
+    # inside lax.scan over batches (a training loop's shape)
+    def body(carry, key):
+        b = task.sample(key, 4)
+        return carry + task.reward(b.answer_tokens, b.answer_mask, b).sum(), None
+
+    total, _ = jax.lax.scan(body, 0.0, jax.random.split(jax.random.key(0), 3))
+    assert float(total) == 12.0
