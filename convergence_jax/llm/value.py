@@ -79,14 +79,15 @@ def token_gae(
 
 
 def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """``(x - mean) / sqrt(var + eps)`` over the valid tokens (population var),
-    as Tunix ``masked_whiten``; zero where masked."""
+    """``(x - mean) / sqrt(var + eps)`` over the valid tokens, with the unbiased
+    (Bessel-corrected, ``n - 1``) variance, as Tunix ``algo_core.masked_whiten``
+    (``masked_var``) does; zero where masked."""
     _check_tokens({"x": x, "mask": mask}, "x")
     mask = mask.astype(x.dtype)
     count = jnp.maximum(mask.sum(), 1.0)
     x = jnp.where(mask > 0, x, 0.0)
     mean = x.sum() / count
-    var = jnp.sum(jnp.square(x - mean) * mask) / count
+    var = jnp.sum(jnp.square(x - mean) * mask) / jnp.maximum(count - 1.0, 1.0)
     return jnp.where(mask > 0, (x - mean) * jax.lax.rsqrt(var + eps), 0.0)
 
 

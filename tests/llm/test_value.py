@@ -76,7 +76,10 @@ def test_masked_whiten():
     mask = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     got = llm.masked_whiten(x, mask)
     v = np.array([1.0, 2, 3, 4, 5])
-    np.testing.assert_allclose(got[mask > 0], (v - v.mean()) / v.std(), rtol=1e-5)
+    # Tunix's masked_whiten: Bessel-corrected variance, + 1e-8 inside the sqrt
+    expected = (v - v.mean()) / np.sqrt(v.var(ddof=1) + 1e-8)
+    np.testing.assert_allclose(got[mask > 0], expected, rtol=1e-6)
+    assert not np.allclose(got[mask > 0], (v - v.mean()) / v.std(), rtol=1e-3)
     assert float(got[1, 2]) == 0.0
 
 
