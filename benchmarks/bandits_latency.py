@@ -73,27 +73,31 @@ def machine() -> dict:
     }
 
 
+def fitted_mabwiser(seed: int, rng: np.random.Generator):
+    """MABWiser's Thompson sampler after the first fit it needs before ``predict``:
+    one pull of each arm."""
+    from mabwiser.mab import MAB, LearningPolicy
+
+    mab = MAB(
+        arms=list(range(ARMS)),
+        learning_policy=LearningPolicy.ThompsonSampling(),
+        seed=seed,
+    )
+    mab.fit(
+        decisions=list(range(ARMS)),
+        rewards=[int(r < m) for r, m in zip(rng.random(ARMS), MEANS, strict=True)],
+    )
+    return mab
+
+
 class MabwiserLoop:
     name = "mabwiser"
     label = "MABWiser ThompsonSampling: predict + partial_fit"
 
     def __init__(self, seed: int):
-        from mabwiser.mab import MAB, LearningPolicy
-
         self.rng = np.random.default_rng(seed)
         start = time.perf_counter()
-        self.mab = MAB(
-            arms=list(range(ARMS)),
-            learning_policy=LearningPolicy.ThompsonSampling(),
-            seed=seed,
-        )
-        # MABWiser needs a first fit before predict: one pull of each arm.
-        self.mab.fit(
-            decisions=list(range(ARMS)),
-            rewards=[
-                int(r < m) for r, m in zip(self.rng.random(ARMS), MEANS, strict=True)
-            ],
-        )
+        self.mab = fitted_mabwiser(seed, self.rng)
         self.setup_s = time.perf_counter() - start
 
     def decide(self) -> int:
@@ -179,22 +183,10 @@ class MabwiserBatch:
     name = "mabwiser_batch"
 
     def __init__(self, seed: int, batch: int):
-        from mabwiser.mab import MAB, LearningPolicy
-
         self.rng = np.random.default_rng(seed)
         self.contexts = np.zeros((batch, 1))
         start = time.perf_counter()
-        self.mab = MAB(
-            arms=list(range(ARMS)),
-            learning_policy=LearningPolicy.ThompsonSampling(),
-            seed=seed,
-        )
-        self.mab.fit(
-            decisions=list(range(ARMS)),
-            rewards=[
-                int(r < m) for r, m in zip(self.rng.random(ARMS), MEANS, strict=True)
-            ],
-        )
+        self.mab = fitted_mabwiser(seed, self.rng)
         self.setup_s = time.perf_counter() - start
 
     def decide(self) -> np.ndarray:
