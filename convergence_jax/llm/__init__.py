@@ -10,7 +10,7 @@ task = llm.tasks.addition(num_digits=3, tokenizer=lm.ByteTokenizer())
 rewards = task.reward(completions, completion_mask, task.sample(key, 8))
 """
 
-from convergence_jax.llm import tasks
+from convergence_jax.llm import grpo, tasks
 from convergence_jax.llm.advantages import (
     ADVANTAGES,
     batch_std_advantages,
@@ -21,6 +21,16 @@ from convergence_jax.llm.advantages import (
     rloo_advantages,
     select_groups,
     soft_overlong_punishment,
+)
+from convergence_jax.llm.grpo import (
+    GRPO,
+    PROGRAM_LOSSES,
+    GRPOConfig,
+    GRPOHParams,
+    GRPOState,
+    Rollout,
+    grpo_hparam_grid,
+    make_grpo,
 )
 from convergence_jax.llm.losses import (
     AGGREGATIONS,
@@ -36,6 +46,17 @@ from convergence_jax.llm.losses import (
     off_policy_mask,
     policy_loss,
     policy_loss_from_config,
+)
+from convergence_jax.llm.sft import (
+    SFT,
+    AdditionWarmup,
+    SFTHParams,
+    SFTState,
+    eval_key,
+    evaluate,
+    learning_rate_at,
+    make_sft,
+    sft_loss,
 )
 from convergence_jax.llm.tasks import (
     TASKS,
@@ -62,7 +83,25 @@ from convergence_jax.llm.value import (
 )
 
 __all__ = [
+    "SFT",
+    "AdditionWarmup",
+    "SFTHParams",
+    "SFTState",
+    "eval_key",
+    "evaluate",
+    "learning_rate_at",
+    "make_sft",
+    "sft_loss",
     "ADVANTAGES",
+    "GRPO",
+    "GRPOConfig",
+    "GRPOHParams",
+    "GRPOState",
+    "PROGRAM_LOSSES",
+    "Rollout",
+    "grpo",
+    "grpo_hparam_grid",
+    "make_grpo",
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "LOSSES",

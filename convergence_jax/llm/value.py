@@ -99,6 +99,7 @@ def token_value_loss(
     *,
     clip_eps: float | jax.Array | None = None,
     aggregation: str = "token-mean",
+    num_items: float | jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO's (clipped) value loss per token (Tunix ``ppo_value_loss_fn``)::
 
@@ -107,6 +108,8 @@ def token_value_loss(
                                                                without clip_eps)
         loss   = aggregate(L, mask, aggregation)   (token-mean as Tunix)
 
+    ``num_items``: the token count ``aggregation="dapo"`` divides by (the
+    global batch's, when the batch is split over devices).
     Returns ``(loss, {"value_clip_fraction"})``.
     """
     _check_tokens(
@@ -125,7 +128,7 @@ def token_value_loss(
         clipped_loss = jnp.square(clipped - returns)
         per_token = jnp.maximum(unclipped, clipped_loss)
         clipped_more = (clipped_loss > unclipped).astype(values.dtype)
-    loss = aggregate(0.5 * per_token, mask, aggregation)
+    loss = aggregate(0.5 * per_token, mask, aggregation, num_items=num_items)
     fraction = jnp.sum(clipped_more * mask) / jnp.maximum(mask.sum(), 1.0)
     return loss, {"value_clip_fraction": jax.lax.stop_gradient(fraction)}
 
@@ -209,14 +212,18 @@ def vapo_advantages(
 
 
 def positive_nll_loss(
-    logp: jax.Array, mask: jax.Array, positive: jax.Array
+    logp: jax.Array,
+    mask: jax.Array,
+    positive: jax.Array,
+    num_items: float | jax.Array | None = None,
 ) -> jax.Array:
     """VAPO's positive-example LM loss (arXiv 2504.05118)::
 
         L_NLL = -1 / sum_{o in T} |o|  sum_{o in T} sum_t log pi(o_t | q, o_<t)
 
     over the correct completions ``T`` (``positive[i]``); 0 if there are none.
-    ``logp, mask``: ``[B, T]``; ``positive``: ``[B]`` bool.
+    ``logp, mask``: ``[B, T]``; ``positive``: ``[B]`` bool. ``num_items``
+    replaces the denominator ``sum_{o in T} |o|`` (e.g. by the global batch's).
     """
     _check_tokens({"logp": logp, "mask": mask}, "logp")
     if positive.shape != logp.shape[:1]:
@@ -225,7 +232,8 @@ def positive_nll_loss(
         )
     weights = mask.astype(logp.dtype) * positive.astype(logp.dtype)[:, None]
     total = jnp.sum(jnp.where(weights > 0, logp * weights, 0.0))
-    return -total / jnp.maximum(weights.sum(), 1.0)
+    count = weights.sum() if num_items is None else num_items
+    return -total / jnp.maximum(count, 1.0)
 
 
 def vapo_loss(

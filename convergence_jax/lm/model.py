@@ -204,9 +204,14 @@ class Transformer(nn.Module):
     already cached). Writing past the cache's end is clamped by
     `lax.dynamic_update_slice`: callers size the cache (`init_cache`), as
     `convergence_jax.lm.generate` does.
+
+    ``output_hidden=True`` returns the final-normed hidden states ``[B, T, H]``
+    instead of logits and builds no output head (a value model's trunk: its
+    parameters are the policy's without ``lm_head``).
     """
 
     config: LMConfig
+    output_hidden: bool = False
 
     @nn.compact
     def __call__(self, tokens, attention_mask=None, positions=None, cache=None):
@@ -244,16 +249,17 @@ class Transformer(nn.Module):
         )
         x, new_kv = blocks(c, name="layers")(x, layer_kv, positions, key_valid, index)
         x = RMSNorm(c.rms_norm_eps, c.params_dtype, name="final_norm")(x)
-        if c.tie_word_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = _dense(c, c.vocab_size, False, "lm_head")(x)
-        logits = logits.astype(jnp.float32)
         if cache is not None:
             cache = KVCache(
                 k=new_kv[0], v=new_kv[1], mask=key_valid, index=index + tokens.shape[1]
             )
-        return logits, cache
+        if self.output_hidden:
+            return x.astype(jnp.float32), cache
+        if c.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = _dense(c, c.vocab_size, False, "lm_head")(x)
+        return logits.astype(jnp.float32), cache
 
 
 @functools.partial(jax.jit, static_argnums=1)
