@@ -109,6 +109,7 @@ PROGRAM_LOSSES = (*LOSSES, "vapo", "ppo")
 _VALUE_LOSSES = ("vapo", "ppo")
 # The aggregations the program normalizes over the global batch (TRL's names).
 _PROGRAM_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+_LOSS_TERMS = ("policy_loss", "value_loss", "nll_loss")
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,9 @@ class GRPOConfig:
     """DAPO: truncated completions drop out of the loss."""
     soft_overlong: bool | None = None
     """DAPO: add the soft overlong punishment to the rewards."""
-    overlong_buffer: int = 4
-    """Soft overlong punishment: the ramp's length in tokens (L_cache)."""
+    overlong_buffer: int | None = None
+    """Soft overlong punishment: the ramp's length in tokens (L_cache); None:
+    max_new_tokens // 4 (DAPO: 4,096 of 20,480)."""
     overlong_penalty: float = 1.0
     """Soft overlong punishment: its size at max_new_tokens."""
     off_policy_threshold: float | None = None
@@ -443,11 +445,13 @@ def _check(config: GRPOConfig, model_config: LMConfig, task) -> _Recipe:
             f"GRPOConfig.top_p must be in (0, 1] and top_k >= 0, got "
             f"{config.top_p}, {config.top_k}"
         )
-    if recipe.soft_overlong and not 0 <= config.overlong_buffer < config.max_new_tokens:
-        raise ValueError(
-            f"GRPOConfig.overlong_buffer must be in [0, max_new_tokens) = [0, "
-            f"{config.max_new_tokens}), got {config.overlong_buffer}"
-        )
+    buffer = config.overlong_buffer
+    if recipe.soft_overlong and buffer is not None:
+        if not 0 <= buffer < config.max_new_tokens:
+            raise ValueError(
+                f"GRPOConfig.overlong_buffer must be in [0, max_new_tokens) = [0, "
+                f"{config.max_new_tokens}), got {buffer}"
+            )
     if task is not None:
         total = task.prompt_length + config.max_new_tokens
         if total > model_config.max_position_embeddings:
@@ -506,6 +510,9 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         stop_tokens = tuple(eos) if isinstance(eos, tuple) else (int(eos),)
     pad_id = int(mc.pad_token_id) if mc.pad_token_id is not None else 0
     default_hparams = GRPOHParams.from_config(config)
+    overlong_buffer = (
+        length // 4 if config.overlong_buffer is None else config.overlong_buffer
+    )
     mesh = jax.make_mesh((num_dev,), (AXIS,)) if sharded else None
 
     # -- collectives that vanish on one device --
@@ -634,7 +641,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         penalty = soft_overlong_punishment(
             lengths,
             length,
-            config.overlong_buffer,
+            overlong_buffer,
             penalty=config.overlong_penalty,
         )
         return rewards + penalty.reshape(rewards.shape)
@@ -759,7 +766,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             sequence_weights=weights,
             group_size=group,
         )
-        return loss * scale, metrics
+        return loss * scale, {**metrics, "policy_loss": loss * scale}
 
     def value_policy_loss(params, mb, hp):
         """VAPO / PPO's actor: token-level clipped surrogate (+ VAPO's NLL)."""
@@ -828,7 +835,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 loss_fn = value_policy_loss if value_model else group_loss
                 grads, metrics = jax.grad(loss_fn, has_aux=True)(params, mb, hp)
                 grads = psum(grads)
-                metrics["grad_norm"] = optax.global_norm(grads)
+                metrics["grad_norm"] = optax.tree.norm(grads)
                 params, opt_state = apply(
                     tx, grads, opt_state, params, hp.learning_rate
                 )
@@ -839,7 +846,11 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                     tx, grads, value_opt_state, value_params, hp.value_learning_rate
                 )
                 metrics.update(vmetrics)
-            return (params, opt_state, value_params, value_opt_state), pmean(metrics)
+            # Loss terms are each device's share of the global loss: summed.
+            metrics = {
+                k: psum(v) if k in _LOSS_TERMS else pmean(v) for k, v in metrics.items()
+            }
+            return (params, opt_state, value_params, value_opt_state), metrics
 
         def epoch(carry, epoch_key):
             order = jax.random.permutation(epoch_key, num_mb)
