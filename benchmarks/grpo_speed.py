@@ -153,7 +153,7 @@ class Args:
     """GRPO training speed: ours vs TRL's GRPOTrainer vs Tunix's GRPOLearner."""
 
     workload: Workload = Workload()
-    rounds: int = 9
+    rounds: int = 15
     """Timed rounds (each runs every contender once, order rotated)."""
     quick: bool = False
     """Smoke run: 3 steps per round, 2 rounds, nothing written."""
@@ -245,6 +245,14 @@ class Channel:
         return json.loads(line) if line else {"op": "quit"}
 
 
+def live_array_mib() -> float | None:
+    """Bytes held by live JAX arrays (CPU has no allocator peak to read)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return None
+    return sum(x.nbytes for x in jax.live_arrays()) / 2**20
+
+
 def rss_mib(kind="peak") -> float:
     if kind == "peak":
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -285,7 +293,7 @@ class RoundClock:
             "generated_tokens": self.tokens,
             "completions": self.completions,
             "reward_mean": statistics.fmean(self.rewards) if self.rewards else None,
-            "peak_rss_mib": rss_mib(),
+            "peak_rss_mib": rss_mib(), "live_array_mib": live_array_mib(),
             "rss_mib": rss_mib("now"),
         })  # fmt: skip
 
@@ -681,7 +689,8 @@ def ours_worker(w: Workload, chan: Channel):
             "completions": cmd["steps"] * completions,
             "reward_mean": float(np.mean(metrics["reward"])),
             "optimizer_steps_so_far": int(state.step),
-            "peak_rss_mib": rss_mib(), "rss_mib": rss_mib("now"),
+            "peak_rss_mib": rss_mib(), "live_array_mib": live_array_mib(),
+            "rss_mib": rss_mib("now"),
         })  # fmt: skip
 
 
@@ -894,6 +903,8 @@ def main(args: Args):
         )
         entry["reward_mean"] = summarize([r["reward_mean"] for r in reps])
         entry["peak_rss_mib"] = max(r["peak_rss_mib"] for r in reps)
+        entry["rss_at_end_mib"] = reps[-1]["rss_mib"]
+        entry["live_array_mib_at_end"] = reps[-1].get("live_array_mib")
         entry["rss_after_imports_mib"] = entry["versions"].get("rss_after_imports_mib")
         entry["warmup_minus_median_round_seconds"] = (
             entry["warmup"]["seconds"] - entry["round_seconds"]["median"]
@@ -991,6 +1002,19 @@ def markdown(result) -> str:
         "process's ru_maxrss over the whole run (imports, model, compilation, "
         "training); RSS after imports is the same figure before the model was built.",
         "",
+        "Memory at the end of the last round: "
+        + "; ".join(
+            f"{LABEL[n]} RSS {e['rss_at_end_mib']:.0f} MiB"
+            + (
+                f", live JAX arrays {e['live_array_mib_at_end']:.1f} MiB"
+                if e.get("live_array_mib_at_end") is not None
+                else ""
+            )
+            for n, e in c.items()
+            if "rss_at_end_mib" in e
+        )
+        + ".",
+        "",
         "| ratio | GRPO steps / s | generated tokens / s | peak RSS |",
         "|---|---|---|---:|",
     ]
@@ -1042,6 +1066,14 @@ def markdown(result) -> str:
             k2: v2 for k2, v2 in e["versions"].items() if k2 != "rss_after_imports_mib"
         }
         lines.append(f"- **{LABEL[name]}**: {json.dumps(v)}")
+    src = result.get("ours_source", {})
+    if src:
+        changed = [x for x in src.get("uncommitted", []) if x]
+        lines.append(
+            f"- Ours ran from commit {src['commit'][:10]}"
+            + (f" with uncommitted changes in {changed}" if changed else "")
+            + "."
+        )
     lines += [
         "",
         "The peers' configuration, their algorithm as their code runs it, and what "
@@ -1065,10 +1097,11 @@ NOTES = [
     "called as its docstring shows it recompiles on every call (about 20 s here, "
     "each time), so the worker calls jax.jit(program.run, static_argnames="
     "'num_steps'), compiled once in the warm-up round.",
-    "The machine was shared: other processes (test runs outside the benchmark "
-    "lock) kept the 1-minute load near 3-4 on 2 cores during the run; each "
-    "round's load is in the rounds table. TRL's torch (2 OpenMP threads) slowed "
-    "most under that contention, so its spread is wide.",
+    "The machine is shared with other work: each round's 1-minute load is in the "
+    "rounds table (this benchmark alone keeps it near 2 on the 2 cores). In an "
+    "earlier run with other processes loading the machine (load 3-4), TRL's "
+    "torch (2 OpenMP threads) slowed most, from about 2 s to 16-37 s per round "
+    "of 20 steps, while the JAX contenders slowed by at most 2x.",
     "Advantage epsilon: TRL and ours divide by (std + 1e-4), Tunix by "
     "(std + 1e-6); this does not change the work done.",
     "Prompts: ours samples a fresh batch of 16 problems inside its compiled step; "
