@@ -198,6 +198,13 @@ class SFT(NamedTuple):
     ``num_steps`` (static) updates as one `lax.scan`."""
     loss: Callable[..., tuple[jax.Array, dict]]
     """``loss(params, batch) -> (loss, metrics)``: `sft_loss` with this config."""
+    run_until: Callable[..., tuple[SFTState, jax.Array]]
+    """``run_until(state, hparams, key, target, max_steps, *, eval_every,
+    num_problems) -> (state, accuracy)``: SFT *to a held-out accuracy* — chunks
+    of ``eval_every`` steps until the greedy exact match on ``num_problems``
+    problems drawn from ``key`` reaches ``target`` or ``state.step`` reaches
+    ``max_steps`` (both traced). A `lax.while_loop`: under `jax.vmap` over
+    seeds, each seed stops (its state frozen) when it gets there."""
 
 
 def _check_task(model_config: LMConfig, task: Task, batch_size) -> None:
@@ -316,6 +323,41 @@ def make_sft(
         hparams = default_hparams if hparams is None else hparams
         return jax.lax.scan(lambda s, _: step(s, hparams), state, None, int(num_steps))
 
+    def run_until(
+        state: SFTState,
+        hparams: SFTHParams | None,
+        key: jax.Array,
+        target,
+        max_steps,
+        *,
+        eval_every: int,
+        num_problems: int,
+    ):
+        for name, value in (("eval_every", eval_every), ("num_problems", num_problems)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"run_until: {name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"run_until: {name} must be >= 1, got {value}")
+        hparams = default_hparams if hparams is None else hparams
+        target = jnp.asarray(target, jnp.float32)
+        max_steps = jnp.asarray(max_steps, jnp.int32)
+
+        def score(params):
+            return evaluate(key, params, model_config, task, int(num_problems))[
+                "exact_match"
+            ]
+
+        def cond(carry):
+            state, accuracy = carry
+            return (accuracy < target) & (state.step < max_steps)
+
+        def body(carry):
+            state, _ = carry
+            state, _ = run(state, hparams, int(eval_every))
+            return state, score(state.params)
+
+        return jax.lax.while_loop(cond, body, (state, score(state.params)))
+
     return SFT(
         model_config=model_config,
         task=task,
@@ -325,6 +367,7 @@ def make_sft(
         step=step,
         run=run,
         loss=loss,
+        run_until=run_until,
     )
 
 

@@ -254,3 +254,34 @@ def test_eval_key_is_disjoint_from_training_keys():
         jax.random.key_data(llm.eval_key(3)),
         jax.random.key_data(jax.random.key(10**6 + 3)),
     )
+
+
+def test_run_until_stops_each_seed_at_its_target():
+    sft = _program(batch_size=8)
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    states = jax.vmap(sft.init)(keys)
+    # Seed 0 is "there" at once (target 0); seed 1 never is (target 1.1) and
+    # stops at max_steps (a multiple of eval_every).
+    targets = jnp.asarray([0.0, 1.1])
+    out, accuracy = jax.jit(
+        jax.vmap(
+            lambda s, t: sft.run_until(
+                s, HP, llm.eval_key(0), t, 6, eval_every=3, num_problems=8
+            )
+        )
+    )(states, targets)
+    np.testing.assert_array_equal(out.step, [0, 6])
+    for a, b in zip(
+        jax.tree.leaves(out.params),
+        jax.tree.leaves(states.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a[0], b[0])  # frozen: no step taken
+    # The reported accuracy is the held-out score of the returned parameters.
+    last = jax.tree.map(lambda x: x[1], out.params)
+    np.testing.assert_allclose(
+        accuracy[1],
+        llm.evaluate(llm.eval_key(0), last, CONFIG, TASK, 8)["exact_match"],
+    )
+    with pytest.raises(ValueError, match="eval_every"):
+        sft.run_until(states, HP, llm.eval_key(0), 0.5, 6, eval_every=0, num_problems=8)
