@@ -285,3 +285,20 @@ def test_run_until_stops_each_seed_at_its_target():
     )
     with pytest.raises(ValueError, match="eval_every"):
         sft.run_until(states, HP, llm.eval_key(0), 0.5, 6, eval_every=0, num_problems=8)
+
+
+def test_addition_warmup_recipe_builds():
+    recipe = llm.AdditionWarmup()
+    config, task = recipe.model_config(), recipe.task()
+    assert config.num_layers == 2 and config.hidden_size == 64
+    assert config.vocab_size == TOKENIZER.vocab_size
+    sft = llm.make_sft(config, task, batch_size=recipe.batch_size)
+    assert sft.batch_size == recipe.batch_size
+    assert np.float32(recipe.hparams().learning_rate) == np.float32(
+        recipe.learning_rate
+    )
+    keys = {
+        tuple(np.asarray(jax.random.key_data(k)).ravel())
+        for k in (recipe.stop_key(), llm.eval_key(0), jax.random.key(0))
+    }
+    assert len(keys) == 3
