@@ -586,25 +586,20 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
     # -- sampling --
     def generate_local(params, prompt_tokens, prompt_mask, keys, hp):
         """Per-prompt keys make the draws independent of how prompts are placed."""
-
-        def one(key, tokens, mask):
-            out = _generate(
-                key,
-                params,
-                tokens[None],
-                mask[None],
-                hp.temperature,
-                jnp.asarray(config.top_k, jnp.int32),
-                jnp.asarray(config.top_p, jnp.float32),
-                config=mc,
-                max_new_tokens=length,
-                num_samples=group,
-                stop_tokens=stop_tokens,
-                pad_id=pad_id,
-            )
-            return jax.tree.map(lambda x: x[0], out)
-
-        return jax.vmap(one)(keys, prompt_tokens, prompt_mask)
+        return _generate(
+            keys,
+            params,
+            prompt_tokens,
+            prompt_mask,
+            hp.temperature,
+            jnp.asarray(config.top_k, jnp.int32),
+            jnp.asarray(config.top_p, jnp.float32),
+            config=mc,
+            max_new_tokens=length,
+            num_samples=group,
+            stop_tokens=stop_tokens,
+            pad_id=pad_id,
+        )
 
     def draw_local(params, key, hp, prompts=None):
         """Sample this device's share of a fresh batch (task prompts if None)."""
@@ -1058,11 +1053,27 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 "sample + learn or host_step"
             )
 
+    step_jit = jax.jit(step_mapped)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def pretrain_jit(state, hp, num_steps):
+        return lax.scan(lambda s, _: pretrain_mapped(s, hp), state, None, num_steps)
+
     def step(state: GRPOState, hparams: GRPOHParams | None = None):
-        """One post-training step (see the module docstring)."""
+        """One post-training step (see the module docstring); jitted."""
         need_task("step")
         hp = default_hparams if hparams is None else hparams
-        return step_mapped(state, hp)
+        return step_jit(state, hp)
+
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def run_jit(state, hp, num_steps, callback):
+        def body(state, _):
+            state, metrics = step_mapped(state, hp)
+            if callback is not None:
+                jax.debug.callback(callback, metrics)
+            return state, metrics
+
+        return lax.scan(body, state, None, num_steps)
 
     def run(
         state: GRPOState,
@@ -1070,9 +1081,10 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         num_steps: int = 1,
         callback: Callable[[dict], None] | None = None,
     ):
-        """``num_steps`` steps as one ``lax.scan`` -> ``(state, metrics)`` with
-        ``[num_steps]`` leaves. ``callback(metrics)`` runs on the host after each
-        step (e.g. a progress bar)."""
+        """``num_steps`` steps as one jitted ``lax.scan`` -> ``(state, metrics)``
+        with ``[num_steps]`` leaves (compiled once per ``num_steps`` and
+        ``callback``). ``callback(metrics)`` runs on the host after each step
+        (e.g. a progress bar)."""
         need_task("run")
         if (
             isinstance(num_steps, bool)
@@ -1081,14 +1093,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         ):
             raise ValueError(f"run: num_steps must be an int >= 0, got {num_steps!r}")
         hp = default_hparams if hparams is None else hparams
-
-        def body(state, _):
-            state, metrics = step_mapped(state, hp)
-            if callback is not None:
-                jax.debug.callback(callback, metrics)
-            return state, metrics
-
-        return lax.scan(body, state, None, num_steps)
+        return run_jit(state, hp, num_steps, callback)
 
     def check_prompts(prompt_tokens, prompt_mask):
         shape = np.shape(prompt_tokens)
@@ -1268,7 +1273,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             )
         need_task("pretrain_value")
         hp = default_hparams if hparams is None else hparams
-        return lax.scan(lambda s, _: pretrain_mapped(s, hp), state, None, num_steps)
+        return pretrain_jit(state, hp, num_steps)
 
     return GRPO(
         config=config,

@@ -70,14 +70,20 @@ def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
 def sample_token(key, logits, temperature, top_k, top_p):
     """One token per row of ``logits [B, V]`` -> ``(token [B] int32, logprob [B])``.
 
-    ``temperature <= 0`` is greedy (argmax). The log-prob is that of
-    ``log_softmax(logits / temperature)`` (temperature 1 when greedy), unfiltered.
+    ``key``: one key, or ``[B]`` keys (one per row: each row's draw then does not
+    depend on the other rows). ``temperature <= 0`` is greedy (argmax). The
+    log-prob is that of ``log_softmax(logits / temperature)`` (temperature 1 when
+    greedy), unfiltered.
     """
     temperature = jnp.asarray(temperature, jnp.float32)
     greedy = temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, temperature)
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    sampled = jax.random.categorical(key, filter_logits(scaled, top_k, top_p), axis=-1)
+    filtered = filter_logits(scaled, top_k, top_p)
+    if jnp.ndim(key) == 1:
+        sampled = jax.vmap(jax.random.categorical)(key, filtered)
+    else:
+        sampled = jax.random.categorical(key, filtered, axis=-1)
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -127,11 +133,20 @@ def _generate(
     logits, cache = forward(params, config, prompt_tokens, prompt_mask, cache=cache)
     cache, last = _repeat_rows(cache, logits[:, -1], num_samples)
     stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+    if jnp.ndim(key) == 1:  # one key per prompt -> one per completion
+        key = jax.vmap(
+            lambda k: jax.vmap(lambda g: jax.random.fold_in(k, g))(
+                jnp.arange(num_samples)
+            )
+        )(key).reshape(rows)
+
+    def fold(step):
+        if jnp.ndim(key) == 1:
+            return jax.vmap(lambda k: jax.random.fold_in(k, step))(key)
+        return jax.random.fold_in(key, step)
 
     def emit(step, logits, done, buffers):
-        token, logp = sample_token(
-            jax.random.fold_in(key, step), logits, temperature, top_k, top_p
-        )
+        token, logp = sample_token(fold(step), logits, temperature, top_k, top_p)
         active = ~done
         token = jnp.where(active, token, pad_id)
         tokens, logps, masks = buffers
@@ -232,7 +247,9 @@ def generate(
     """Sample ``num_samples`` completions of each left-padded prompt.
 
     Args:
-        key: a typed `jax.random.key`.
+        key: a typed `jax.random.key`, or ``[B]`` keys, one per prompt: each
+            prompt's samples then do not depend on the rest of the batch (how a
+            data-parallel program gets the same draws on any number of devices).
         params: the model's parameters (`init_params` / `load_hf`).
         config: the model's `LMConfig` (static).
         prompt_tokens: ``[B, P]`` int, left-padded (`pad_batch`,
@@ -288,6 +305,11 @@ def generate(
             f"prompt length {shape[1]} + max_new_tokens {max_new_tokens} = {total} "
             f"exceeds LMConfig.max_position_embeddings "
             f"({config.max_position_embeddings})"
+        )
+    if jnp.ndim(key) not in (0, 1) or (jnp.ndim(key) == 1 and len(key) != shape[0]):
+        raise ValueError(
+            f"key must be one key or [B] = [{shape[0]}] keys (one per prompt), got "
+            f"shape {jnp.shape(key)}"
         )
     stop_tokens = tuple(int(t) for t in stop_tokens)
     for name, ids in (("stop_tokens", stop_tokens), ("pad_id", (pad_id,))):

@@ -186,10 +186,11 @@ def test_dynamic_sampling_refills_and_drops_flat_groups(task, params):
 def test_vapo_value_pretraining_fits_returns_and_keeps_the_policy(task, params):
     program = llm.make_grpo(small(loss="vapo", learning_rate=1e-3), MODEL, task)
     state = program.init(jax.random.key(5), params)
-    after, metrics = jax.jit(program.pretrain_value, static_argnums=2)(state, None, 8)
+    after, metrics = program.pretrain_value(state, None, 16)
     assert max_diff(after.params, state.params) == 0.0
+    # From a zero head, 1/2 E[R^2], towards 1/2 Var(R) (fresh samples each step).
     losses = np.asarray(metrics["value_loss"])
-    assert losses[-3:].mean() < 0.5 * losses[:3].mean()
+    assert losses[-4:].mean() < 0.7 * losses[:4].mean()
     stepped, step_metrics = jax.jit(program.step)(after)
     assert np.isfinite(float(step_metrics["value_loss"]))
     assert max_diff(stepped.params, state.params) > 0.0

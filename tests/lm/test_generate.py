@@ -248,3 +248,44 @@ def test_bfloat16_generation_equals_bfloat16_from_scratch(params, batch):
     for row, prompt in enumerate(PROMPTS):
         want = greedy_from_scratch(half, prompt, 4, config)
         assert out.tokens[row, 0].tolist() == want
+
+
+def test_per_prompt_keys_make_draws_independent_of_the_batch(params, batch):
+    tokens, mask = batch
+    keys = jax.random.split(jax.random.key(5), 2)
+    both = lm.generate(
+        keys,
+        params,
+        CONFIG,
+        tokens,
+        mask,
+        max_new_tokens=N,
+        num_samples=3,
+        temperature=1.0,
+    )
+    for b in range(2):
+        alone = lm.generate(
+            keys[b : b + 1],
+            params,
+            CONFIG,
+            tokens[b : b + 1],
+            mask[b : b + 1],
+            max_new_tokens=N,
+            num_samples=3,
+            temperature=1.0,
+        )
+        valid = np.asarray(both.mask[b]) > 0
+        np.testing.assert_array_equal(
+            np.asarray(alone.tokens[0])[valid], np.asarray(both.tokens[b])[valid]
+        )
+    # The three samples of a prompt differ (one key per completion, not per prompt).
+    assert len({tuple(np.asarray(both.tokens[1, g]).tolist()) for g in range(3)}) > 1
+    with pytest.raises(ValueError, match="one key or"):
+        lm.generate(
+            jax.random.split(jax.random.key(5), 3),
+            params,
+            CONFIG,
+            tokens,
+            mask,
+            max_new_tokens=N,
+        )
