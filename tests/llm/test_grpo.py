@@ -292,3 +292,46 @@ def test_bad_input_names_the_field(task, params):
     _, rollout = program.sample(state)
     with pytest.raises(ValueError, match=r"rewards must be \[num_prompts, group_size"):
         program.learn(state, rollout, np.zeros((4, 3)))
+
+
+def test_host_path_with_text_prompts_and_reasoning_gym_rewards():
+    """Prompts from the host (reasoning-gym questions, tokenized), rewards from
+    the dataset's own verifier between the compiled sample and learn."""
+    pytest.importorskip("reasoning_gym")
+    gym = llm.reasoning_gym_task("basic_arithmetic", 16, 0)
+    model = MODEL.__class__(
+        **{
+            **MODEL.__dict__,
+            "max_position_embeddings": 128,
+            "eos_token_id": TOKENIZER.eos_id,
+        }
+    )
+    params = lm.init_params(jax.random.key(0), model)
+    program = llm.make_grpo(small(), model)  # no task: prompts come from the host
+    seen = []
+
+    def prompts_fn(round_):
+        questions, entries = gym.batch(4 * len(seen), 4)
+        seen.append(entries)
+        ids = [TOKENIZER.encode(q + " Answer: ") for q in questions]
+        return lm.pad_batch(ids, TOKENIZER.pad_id, length=96)
+
+    def reward_fn(rollout):
+        texts = [
+            TOKENIZER.decode(t[m > 0], skip_special_tokens=True)
+            for t, m in zip(
+                np.asarray(rollout.tokens).reshape(16, -1),
+                np.asarray(rollout.mask).reshape(16, -1),
+                strict=True,
+            )
+        ]
+        entries = [e for e in seen[-1] for _ in range(4)]  # G = 4 per prompt
+        return gym.reward(texts, entries).reshape(4, 4)
+
+    state = program.init(jax.random.key(1), params)
+    state, metrics = program.host_step(state, reward_fn, prompts_fn=prompts_fn)
+    assert int(state.step) == 1 and len(seen) == 1
+    assert 0.0 <= metrics["reward"] <= 1.0
+    assert all(np.isfinite(v) for v in metrics.values())
+    with pytest.raises(ValueError, match="step needs a task"):
+        program.step(state)
