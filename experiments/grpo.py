@@ -87,7 +87,7 @@ class Config:
     """Problems per SFT update."""
     sft_learning_rate: float = 3e-3
     """SFT AdamW step size (after 50 warmup steps)."""
-    rl_steps: int = 200
+    rl_steps: int = 600
     """RL steps (each: sample, score, update)."""
     num_prompts: int = 16
     """Prompts per RL step."""
@@ -99,11 +99,12 @@ class Config:
     reward: Literal["exact", "partial"] = "exact"
     """RL reward: exact match (0/1, what the held-out score measures) or the
     task's partial credit (fraction of characters right)."""
-    num_epochs: int = 1
-    """Passes over each step's samples."""
+    num_epochs: int = 2
+    """Passes over each step's samples (the learning bar's setting: the second
+    pass is off-policy, old log-probs recomputed, ratio clipped)."""
     num_minibatches: int = 1
     """Updates per pass."""
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     """RL Adam step size of the policy."""
     value_learning_rate: float = 1e-4
     """Adam step size of the value model (vapo, ppo)."""
@@ -115,7 +116,7 @@ class Config:
     """Sampling temperature."""
     num_devices: int = 1
     """Devices per run (data parallel); on CPU see XLA_FLAGS in docs/llm.md."""
-    eval_every: int = 20
+    eval_every: int = 50
     """RL steps between held-out evaluations."""
     eval_problems: int = 512
     """Held-out problems per evaluation (greedy decoding)."""

@@ -86,10 +86,11 @@ def test_learning_bar_small_version(grpo, tmp_path):
     config = grpo.Config(
         loss="grpo",
         num_seeds=3,
-        rl_steps=150,
-        eval_every=75,
+        rl_steps=120,
+        eval_every=60,
         eval_problems=256,
         learning_rate=2e-4,
+        num_epochs=2,
         save_checkpoint=False,
         out_dir=str(tmp_path / "bar"),
         progress=False,
@@ -101,4 +102,4 @@ def test_learning_bar_small_version(grpo, tmp_path):
     assert np.all((before > 0.1) & (before < 0.6)), before
     # ... and RL improves every seed.
     assert np.all(gain >= 0.05), gain
-    assert gain.mean() >= 0.08, gain
+    assert gain.mean() >= 0.10, gain

@@ -95,11 +95,12 @@ md("""
 `llm.make_grpo(config, model_config, task)` returns the program; `init` keeps a frozen
 copy of the starting policy as the reference. Every step samples `group_size`
 completions of `num_prompts` fresh problems, scores them with the exact-match reward
-(`task.exact_match`; `task.reward` is partial credit), and updates the policy. Change
-`loss=` to any of `llm.PROGRAM_LOSSES`.
+(`task.exact_match`; `task.reward` is partial credit), and makes two passes of
+updates over them (`num_epochs=2`: the second is off-policy, with the old log-probs
+recomputed and the ratio clipped). Change `loss=` to any of `llm.PROGRAM_LOSSES`.
 """)
 code("""
-config = llm.GRPOConfig(loss="grpo", num_prompts=16, group_size=8,
+config = llm.GRPOConfig(loss="grpo", num_prompts=16, group_size=8, num_epochs=2,
                         max_new_tokens=task.answer_length + 4, learning_rate=2e-4)
 program = llm.make_grpo(config, model_config, task._replace(reward=task.exact_match))
 states = jax.vmap(program.init)(keys, sft_states.params)
