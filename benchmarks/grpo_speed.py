@@ -1093,10 +1093,10 @@ def markdown(result) -> str:
 
 
 NOTES = [
-    "Ours: program.run (commit 6816a76) is a lax.scan that is not jitted itself; "
-    "called as its docstring shows it recompiles on every call (about 20 s here, "
-    "each time), so the worker calls jax.jit(program.run, static_argnames="
-    "'num_steps'), compiled once in the warm-up round.",
+    "Ours: program.run is jitted (since 10f438a; at 6816a76 it was not, and "
+    "recompiled on every call, about 20 s here); the worker still wraps it in "
+    "jax.jit(..., static_argnames='num_steps'), a no-op on top, compiled once in "
+    "the warm-up round.",
     "The machine is shared with other work: each round's 1-minute load is in the "
     "rounds table (this benchmark alone keeps it near 2 on the 2 cores). In an "
     "earlier run with other processes loading the machine (load 3-4), TRL's "
