@@ -434,6 +434,11 @@ def _check(config: GRPOConfig, model_config: LMConfig, task) -> _Recipe:
         )
     if recipe.beta < 0:
         raise ValueError(f"GRPOConfig.beta must be >= 0, got {recipe.beta}")
+    if config.loss == "vapo" and recipe.beta > 0:
+        raise ValueError(
+            "GRPOConfig.beta must be 0 for vapo: VAPO has no KL term (the paper "
+            "drops it); ppo puts beta's KL in the reward"
+        )
     if recipe.beta > 0 and not recipe.use_reference:
         raise ValueError("GRPOConfig.beta > 0 needs use_reference (the KL term)")
     if config.temperature <= 0:

@@ -275,6 +275,8 @@ def test_bad_input_names_the_field(task, params):
         llm.make_grpo(small(), narrow, task)
     with pytest.raises(ValueError, match="aggregation"):
         llm.make_grpo(small(aggregation="token-mean"), MODEL, task)
+    with pytest.raises(ValueError, match="beta must be 0 for vapo"):
+        llm.make_grpo(small(loss="vapo", beta=0.1), MODEL, task)
     with pytest.raises(ValueError, match="temperature"):
         llm.make_grpo(small(temperature=0.0), MODEL, task)
     countdown = llm.tasks.countdown(3, TOKENIZER)
