@@ -103,3 +103,60 @@ def test_learning_bar_small_version(grpo, tmp_path):
     # ... and RL improves every seed.
     assert np.all(gain >= 0.05), gain
     assert gain.mean() >= 0.10, gain
+
+
+def test_grpo_experiment_post_trains_a_local_hugging_face_folder(grpo, tmp_path):
+    """--model-path: config.json + safetensors (our save_hf, the format
+    transformers writes) and a tokenizer.json trained in-process."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from convergence_jax import lm
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=280,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(["12+34=46", "7+8=15"] * 20, trainer)
+    bpe.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        '{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}'
+    )
+    tokenizer = lm.HFTokenizer.from_pretrained(folder)
+    model = lm.LMConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        model_type="qwen2",
+        attention_bias=True,
+        eos_token_id=tokenizer.eos_id,
+    )
+    lm.save_hf(folder, model, lm.init_params(jax.random.key(0), model))
+    config = grpo.Config(
+        model_path=str(folder),
+        num_seeds=2,
+        sft_steps=5,
+        sft_target=None,
+        rl_steps=2,
+        eval_every=2,
+        eval_problems=8,
+        num_prompts=4,
+        group_size=2,
+        num_samples_shown=2,
+        save_checkpoint=False,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+    )
+    summary = grpo.main(config)
+    assert summary["model_config"]["model_type"] == "qwen2"
+    assert summary["eval_steps"] == [0, 2]
