@@ -26,7 +26,13 @@ import numpy as np
 from jax import lax
 
 from convergence_jax.lm.config import LMConfig
-from convergence_jax.lm.model import KVCache, check_params, forward, init_cache
+from convergence_jax.lm.model import (
+    KVCache,
+    Transformer,
+    check_params,
+    forward,
+    init_cache,
+)
 
 
 class Generation(NamedTuple):
@@ -217,8 +223,18 @@ def completion_logprobs(
     prompt_len = prompt_tokens.shape[1]
     tokens = jnp.concatenate([prompt_tokens, completions], axis=1)
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
-    logits, _ = forward(params, config, tokens, mask)
-    logp = jax.nn.log_softmax(logits[:, prompt_len - 1 : -1] / temperature, axis=-1)
+    # The output head only where a completion token is predicted (not over the
+    # prompt): the vocabulary projection and its softmax are the widest layers.
+    hidden, _ = Transformer(config, output_hidden=True).apply(
+        {"params": params}, tokens, mask
+    )
+    hidden = hidden[:, prompt_len - 1 : -1].astype(config.compute_dtype)
+    if config.tie_word_embeddings:
+        head = params["embed"]["embedding"].T
+    else:
+        head = params["lm_head"]["kernel"]
+    logits = jnp.dot(hidden, head.astype(config.compute_dtype)).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
     picked = jnp.take_along_axis(logp, completions[..., None], axis=-1)[..., 0]
     return jnp.where(completion_mask > 0, picked, 0.0).reshape(shape)
 
