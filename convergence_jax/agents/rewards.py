@@ -524,7 +524,7 @@ def score_trajectories(
         if isinstance(fn, CompositeReward | MultiObjectiveReward):
             try:
                 result = fn.evaluate(trajectory)
-            except Exception as error:  # noqa: BLE001 - recorded, not lost
+            except Exception as error:  # recorded, never loses the batch
                 value = (
                     np.full(len(fn.fns), fallback)
                     if isinstance(fn, MultiObjectiveReward)
