@@ -15,6 +15,18 @@ JSONL files, and heuristic / composite / multi-objective rewards.
 See ``docs/agents.md``.
 """
 
+from convergence_jax.agents.reward_model import (
+    PreferenceData,
+    RewardModelState,
+    RewardModelTrainer,
+    SyntheticPreferences,
+    bradley_terry_loss,
+    init_reward_model,
+    make_reward_model_trainer,
+    preference_data_from_texts,
+    reward_scores,
+    synthetic_preference_pairs,
+)
 from convergence_jax.agents.rewards import (
     FALLBACK_REWARD,
     POLITE_MARKERS,
@@ -48,6 +60,16 @@ from convergence_jax.agents.trajectory import (
 )
 
 __all__ = [
+    "PreferenceData",
+    "RewardModelState",
+    "RewardModelTrainer",
+    "SyntheticPreferences",
+    "bradley_terry_loss",
+    "init_reward_model",
+    "make_reward_model_trainer",
+    "preference_data_from_texts",
+    "reward_scores",
+    "synthetic_preference_pairs",
     "FALLBACK_REWARD",
     "POLITE_MARKERS",
     "ROLES",
