@@ -79,15 +79,15 @@ def test_grpo_experiment_bad_flags_are_clean_errors(grpo):
 
 
 def test_learning_bar_small_version(grpo, tmp_path):
-    """SFT until partial accuracy, then a short GRPO run: every one of 3
+    """SFT until partial accuracy, then a 100-step GRPO run: every one of 3
     vmapped seeds gains held-out greedy exact match. (The full bar, +20 points
     with each of GRPO, Dr. GRPO, DAPO and GSPO over 600 steps, is
     benchmarks/grpo_learning.py.)"""
     config = grpo.Config(
         loss="grpo",
         num_seeds=3,
-        rl_steps=120,
-        eval_every=60,
+        rl_steps=100,
+        eval_every=100,
         eval_problems=256,
         learning_rate=2e-4,
         num_epochs=2,

@@ -27,10 +27,11 @@ cache, the reward, the advantages and the minibatch updates of every step, and a
 run as one `lax.scan`, so `jax.vmap` trains several seeds at once. This notebook warms
 a 2-layer transformer up by supervised fine-tuning on 2-digit addition, then improves
 it by RL with the task's verifiable reward, and saves and restores the run.
-`SMALL = True` (the default, used by the test suite: 2 seeds, at most 1,000 SFT
-steps, 50 RL steps) keeps it to a minute or two on a CPU; `SMALL = False` runs the
-learning bar's setting (3 seeds, the full warm-up, 600 RL steps,
-`benchmarks/grpo_learning.py`), quick on a GPU. The guide is `docs/llm.md`.
+`SMALL = True` (the default, used by the test suite: 2 seeds, at most 400 SFT
+steps, 20 RL steps) shows the mechanics in about a minute on a CPU, not the
+learning; `SMALL = False` runs the learning bar's setting (3 seeds, the full
+warm-up, 600 RL steps, `benchmarks/grpo_learning.py`), quick on a GPU. The guide
+is `docs/llm.md`.
 """)
 code("""
 # On Colab: set REPO to the git URL of your convergence_jax checkout; the cell
@@ -56,8 +57,8 @@ from convergence_jax import checkpoint, llm
 
 SMALL = True  # False: the learning bar's full setting
 recipe = llm.AdditionWarmup()  # the measured warm-up (see its docstring)
-if SMALL:  # at most 1,000 SFT steps: a seed may stop before its jump
-    recipe = llm.AdditionWarmup(max_steps=1000)
+if SMALL:  # at most 400 SFT steps: a seed may stop before its jump
+    recipe = llm.AdditionWarmup(max_steps=400)
 task, model_config = recipe.task(), recipe.model_config()
 num_seeds = 2 if SMALL else 3
 keys = jax.random.split(jax.random.key(0), num_seeds)
@@ -83,9 +84,8 @@ sft_states, _ = jax.jit(jax.vmap(lambda s: sft.run_until(
 )))(jax.vmap(sft.init)(keys))
 
 
-def held_out(params):
-    return jax.jit(jax.vmap(lambda p: llm.evaluate(
-        llm.eval_key(0), p, model_config, task, 256)))(params)
+held_out = jax.jit(jax.vmap(lambda p: llm.evaluate(  # compiled once
+    llm.eval_key(0), p, model_config, task, 128 if SMALL else 512)))
 
 
 before = held_out(sft_states.params)
@@ -107,11 +107,11 @@ config = llm.GRPOConfig(loss="grpo", num_prompts=16, group_size=8, num_epochs=2,
                         max_new_tokens=task.answer_length + 4, learning_rate=2e-4)
 program = llm.make_grpo(config, model_config, task._replace(reward=task.exact_match))
 states = jax.vmap(program.init)(keys, sft_states.params)
-chunk = 25 if SMALL else 50
+chunk = 10 if SMALL else 50
 run = jax.jit(jax.vmap(lambda s: program.run(s, None, chunk)))
 
 curve, rewards = [np.asarray(before["exact_match"])], []
-for _ in range(2 if SMALL else 12):
+for _ in range(2 if SMALL else 12):  # SMALL: 2 x 10 steps
     states, metrics = run(states)
     rewards.append(np.asarray(metrics["reward"]))
     curve.append(np.asarray(held_out(states.params)["exact_match"]))

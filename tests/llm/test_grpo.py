@@ -196,7 +196,7 @@ def test_vapo_value_pretraining_fits_returns_and_keeps_the_policy(task, params):
     assert max_diff(stepped.params, state.params) > 0.0
 
 
-@pytest.mark.parametrize("loss", ["gepo", "gspo_token", "ppo"])
+@pytest.mark.parametrize("loss", ["gepo", "gspo_token"])  # ppo: the sharded test
 def test_every_loss_trains(task, params, loss):
     program = llm.make_grpo(small(loss=loss, num_epochs=2), MODEL, task)
     state, metrics = jax.jit(program.run, static_argnums=2)(
