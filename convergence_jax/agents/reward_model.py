@@ -415,9 +415,9 @@ REJECTION_KINDS = ("rude", "no_answer", "rude_and_wrong", "wrong_status")
 """Every kind of rejected reply `synthetic_preference_pairs` can draw."""
 DEFAULT_KINDS = ("rude", "no_answer", "rude_and_wrong")
 """The kinds drawn by default: ``"wrong_status"`` (a one-word difference to check
-against the prompt) is left out, as a 2-layer width-32 model did not learn it in
-300 steps of batch 32 on 2048 pairs (held-out accuracy on those pairs 44% and 50%,
-seeds 0-1, with an earlier wording of the prompt)."""
+against the prompt) is left out, as a 2-layer width-32 model learns it in some
+seeds only (400 steps of batch 32 on 2048 ``"wrong_status"`` pairs: held-out
+accuracy 53% for seed 0, 98.6% for seed 1)."""
 
 
 class SyntheticPreferences(NamedTuple):
