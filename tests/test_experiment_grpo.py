@@ -19,40 +19,6 @@ def grpo():
     return load_script("grpo")
 
 
-def test_grpo_experiment_writes_metrics_curves_samples_checkpoint(grpo, tmp_path):
-    config = grpo.Config(
-        num_seeds=2,
-        sft_steps=20,
-        sft_target=None,
-        rl_steps=4,
-        eval_every=2,
-        eval_problems=16,
-        num_prompts=4,
-        group_size=4,
-        num_samples_shown=3,
-        out_dir=str(tmp_path / "run"),
-        progress=False,
-    )
-    summary = grpo.main(config)
-    out = tmp_path / "run"
-    rows = [
-        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-    ]
-    steps = [r for r in rows if not r.get("eval")]
-    evals = [r for r in rows if r.get("eval")]
-    assert len(steps) == 2 * 4 and len(evals) == 2 * 3  # evals at steps 0, 2, 4
-    assert {"reward", "exact_match", "grad_norm", "kl"} <= set(steps[0])
-    assert (out / "curves.png").stat().st_size > 1000
-    assert (out / "samples.txt").read_text().count("prompt:") == 3
-    saved = json.loads((out / "summary.json").read_text())
-    assert len(saved["exact_match_after_rl"]) == 2 and saved["eval_steps"] == [0, 2, 4]
-    assert summary["min_gain"] == saved["min_gain"]
-    like = grpo.initial_states(grpo.build(config))
-    states = checkpoint.restore(out / "checkpoint", like=like)
-    np.testing.assert_array_equal(states.step, [4, 4])
-    assert jax.tree.leaves(states.params)[0].shape[0] == 2
-
-
 def test_grpo_experiment_bad_flags_are_clean_errors(grpo):
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         grpo.build(grpo.Config(group_size=1))
@@ -107,7 +73,8 @@ def test_learning_bar_small_version(grpo, tmp_path):
 
 def test_grpo_experiment_post_trains_a_local_hugging_face_folder(grpo, tmp_path):
     """--model-path: config.json + safetensors (our save_hf, the format
-    transformers writes) and a tokenizer.json trained in-process."""
+    transformers writes) and a tokenizer.json trained in-process; the run writes
+    every output."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from convergence_jax import lm
@@ -147,16 +114,31 @@ def test_grpo_experiment_post_trains_a_local_hugging_face_folder(grpo, tmp_path)
         num_seeds=2,
         sft_steps=5,
         sft_target=None,
-        rl_steps=2,
+        rl_steps=4,
         eval_every=2,
         eval_problems=8,
         num_prompts=4,
         group_size=2,
-        num_samples_shown=2,
-        save_checkpoint=False,
+        num_samples_shown=3,
         out_dir=str(tmp_path / "run"),
         progress=False,
     )
     summary = grpo.main(config)
     assert summary["model_config"]["model_type"] == "qwen2"
-    assert summary["eval_steps"] == [0, 2]
+    # Every output: metrics per step and seed, curves, samples, summary, checkpoint.
+    out = tmp_path / "run"
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    steps = [r for r in rows if not r.get("eval")]
+    evals = [r for r in rows if r.get("eval")]
+    assert len(steps) == 2 * 4 and len(evals) == 2 * 3  # evals at steps 0, 2, 4
+    assert {"reward", "exact_match", "grad_norm", "kl"} <= set(steps[0])
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "samples.txt").read_text().count("prompt:") == 3
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["eval_steps"] == [0, 2, 4] and len(saved["exact_match_after_rl"]) == 2
+    assert summary["min_gain"] == saved["min_gain"]
+    like = grpo.initial_states(grpo.build(config))
+    states = checkpoint.restore(out / "checkpoint", like=like)
+    np.testing.assert_array_equal(states.step, [4, 4])
+    assert jax.tree.leaves(states.params)[0].shape[0] == 2

