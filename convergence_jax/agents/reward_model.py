@@ -44,7 +44,7 @@ import optax
 from flax import struct
 from flax.traverse_util import flatten_dict
 
-from convergence_jax.llm.sft import SFTHParams, learning_rate_at
+from convergence_jax.llm.sft import SFTHParams, adamw_update
 from convergence_jax.lm.config import LMConfig
 from convergence_jax.lm.model import Transformer, init_params
 from convergence_jax.lm.tokenizer import pad_batch
@@ -345,19 +345,8 @@ def make_reward_model_trainer(
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, *batch
         )
-        grad_norm = optax.tree.norm(grads)
-        clip = jnp.where(
-            hparams.max_grad_norm > 0,
-            jnp.minimum(1.0, hparams.max_grad_norm / jnp.maximum(grad_norm, 1e-12)),
-            1.0,
-        )
-        grads = jax.tree.map(lambda g: g * clip, grads)
-        updates, opt_state = moments.update(grads, state.opt_state, state.params)
-        lr = learning_rate_at(state.step, hparams)
-        params = jax.tree.map(
-            lambda p, u: p - lr * (u + hparams.weight_decay * p),
-            state.params,
-            updates,
+        params, opt_state, grad_norm, lr = adamw_update(
+            moments, grads, state.opt_state, state.params, state.step, hparams
         )
         metrics = {
             **metrics,

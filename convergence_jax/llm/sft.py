@@ -171,6 +171,27 @@ def learning_rate_at(step, hparams: SFTHParams) -> jax.Array:
     return hparams.learning_rate * warm * decay
 
 
+def adamw_update(moments, grads, opt_state, params, step, hparams: SFTHParams):
+    """One AdamW update with a traced step size (see the module docstring):
+    global-norm clipping, Adam's moments (``moments``, an ``optax.scale_by_adam``),
+    then ``params - lr(step) * (update + weight_decay * params)``. Returns
+    ``(params, opt_state, grad_norm, lr)``; shared by the SFT and reward-model
+    trainers."""
+    grad_norm = optax.tree.norm(grads)
+    clip = jnp.where(
+        hparams.max_grad_norm > 0,
+        jnp.minimum(1.0, hparams.max_grad_norm / jnp.maximum(grad_norm, 1e-12)),
+        1.0,
+    )
+    grads = jax.tree.map(lambda g: g * clip, grads)
+    updates, opt_state = moments.update(grads, opt_state, params)
+    lr = learning_rate_at(step, hparams)
+    params = jax.tree.map(
+        lambda p, u: p - lr * (u + hparams.weight_decay * p), params, updates
+    )
+    return params, opt_state, grad_norm, lr
+
+
 @struct.dataclass
 class SFTState:
     """Everything an SFT run needs to continue."""
@@ -294,19 +315,8 @@ def make_sft(
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, batch
         )
-        grad_norm = optax.tree.norm(grads)
-        clip = jnp.where(
-            hparams.max_grad_norm > 0,
-            jnp.minimum(1.0, hparams.max_grad_norm / jnp.maximum(grad_norm, 1e-12)),
-            1.0,
-        )
-        grads = jax.tree.map(lambda g: g * clip, grads)
-        updates, opt_state = moments.update(grads, state.opt_state, state.params)
-        lr = learning_rate_at(state.step, hparams)
-        params = jax.tree.map(
-            lambda p, u: p - lr * (u + hparams.weight_decay * p),
-            state.params,
-            updates,
+        params, opt_state, grad_norm, lr = adamw_update(
+            moments, grads, state.opt_state, state.params, state.step, hparams
         )
         metrics = {
             **metrics,
