@@ -40,6 +40,7 @@ from convergence_jax.optimize.evaluate import Result
 
 __all__ = [
     "HTTP_METRICS",
+    "Caller",
     "HttpCallError",
     "HttpObjective",
     "check_http_config",
@@ -47,6 +48,7 @@ __all__ = [
     "http_objective",
     "placeholders",
     "render",
+    "token_from_env",
 ]
 
 HTTP_METRICS = ("quality", "latency_ms", "cost_usd", "input_tokens", "output_tokens")
@@ -479,6 +481,12 @@ class _Caller:
 
     def close(self):
         self.client.close()
+
+
+# Public names for other host-side shells (agents' OpenAI backend, LLM judge); the
+# same objects, unchanged.
+Caller = _Caller
+token_from_env = _token
 
 
 def _score(value: Any, where: str) -> float:
