@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from convergence_jax.agents.trajectory import ROLES
+from convergence_jax.agents.trajectory import ROLES, Turn
 
 MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
 FINISH_REASONS = ("stop", "length")
@@ -687,7 +687,7 @@ class MultiTurnAgent:
     An unknown key raises ``ValueError``. The prompt sent is: the system prompt,
     the plan (a system message rendered by `Plan.render`), then the messages.
     ``last_completion`` holds the last `Completion` (token counts, finish
-    reason).
+    reason); `respond` gives the new turns as `Turn` objects.
     """
 
     def __init__(
@@ -784,6 +784,23 @@ class MultiTurnAgent:
         )
         self.last_completion = completion
         return completion
+
+    def respond(self, messages, context=None) -> list[Turn]:
+        """The new turns of this response (here one assistant `Turn` whose
+        metadata holds the token counts and finish reason; a `ToolAgent` adds
+        its tool calls and results). What `ConversationEnv` records."""
+        completion = self.complete(messages, context)
+        return [
+            Turn(
+                "assistant",
+                completion.text,
+                metadata={
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "finish_reason": completion.finish_reason,
+                },
+            )
+        ]
 
     def generate_response(self, messages, context=None) -> str:
         """The assistant's next message for ``messages``."""
