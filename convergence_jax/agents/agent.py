@@ -189,6 +189,13 @@ def _check_sampling(temperature, top_p, max_tokens, seed, where: str) -> None:
             raise ValueError(f"{where}{name} must be an int >= {low}, got {value!r}")
 
 
+def _count(value) -> int:
+    """A usage count from a server's JSON (0 when missing or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
 def _next_power_of_two(n: int, floor: int) -> int:
     return max(floor, 1 << max(0, int(n) - 1).bit_length())
 
@@ -555,8 +562,8 @@ class OpenAIBackend:
         reason = reply["choices"][0].get("finish_reason") or "stop"
         return Completion(
             text,
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
             str(reason),
         )
 

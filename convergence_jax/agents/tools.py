@@ -390,8 +390,10 @@ class ToolAgent(MultiTurnAgent):
         max_tool_rounds: the most rounds of tool calls in one response; a model
             that still calls tools after them ends the response with that call
             unrun (``metadata["stop_reason"] == "max_tool_rounds"``).
-        tool_prompt: the system message listing the tools (``{tools}`` is the
-            schemas as JSON), appended to the system prompt.
+        tool_prompt: the text listing the tools (``{tools}`` is the schemas as
+            JSON), appended to the leading system message (the agent's system
+            prompt, or the conversation's own system message), or sent as the
+            system message when there is none.
 
     `respond` returns every new turn: each assistant message that called tools
     (``metadata["tool_calls"]``: id, name, arguments), each ``tool`` message
@@ -421,15 +423,21 @@ class ToolAgent(MultiTurnAgent):
         if not isinstance(tool_prompt, str) or "{tools}" not in tool_prompt:
             raise ValueError("tool_prompt must be a string containing '{tools}'")
         listing = json.dumps([t.schema()["function"] for t in self.tools.values()])
-        tools_message = tool_prompt.format(tools=listing)
-        full = (
-            tools_message
-            if system_prompt is None
-            else (f"{system_prompt}\n\n{tools_message}")
-        )
-        super().__init__(backend, system_prompt=full, plan=plan)
+        self.tools_message = tool_prompt.format(tools=listing)
+        super().__init__(backend, system_prompt=system_prompt, plan=plan)
         self.max_tool_rounds = max_tool_rounds
         self.calls_made = 0
+
+    def prompt(self, messages, conversation_id: str = "default") -> list[dict]:
+        """As `MultiTurnAgent.prompt`, with the tool listing appended to the
+        leading system message (the agent's or the conversation's own)."""
+        out = super().prompt(messages, conversation_id)
+        if out[0]["role"] == "system":
+            first = out[0]
+            out[0] = {**first, "content": f"{first['content']}\n\n{self.tools_message}"}
+        else:
+            out.insert(0, {"role": "system", "content": self.tools_message})
+        return out
 
     def execute(self, call: ToolCall, call_id: str) -> Turn:
         """Check and run one call; a ``tool`` turn with its result or error."""

@@ -151,6 +151,19 @@ def test_schema_as_json_string_and_listing():
     assert system["role"] == "system" and '"name": "lookup"' in system["content"]
 
 
+def test_tool_listing_joins_the_leading_system_message():
+    backend = StubBackend(["done"])
+    agent = ToolAgent(backend, [(LOOKUP, lookup)], system_prompt="Be brief.")
+    agent.generate_response(USER)
+    sent = backend.calls[-1][0]
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert sent[0]["content"].startswith("Be brief.\n\nYou can call these tools")
+    agent.generate_response([{"role": "system", "content": "Mine."}, *USER])
+    sent = backend.calls[-1][0]
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert sent[0]["content"].startswith("Mine.\n\nYou can call these tools")
+
+
 def test_check_arguments():
     params = LOOKUP["function"]["parameters"]
     assert check_arguments(params, {"order_id": "A1", "limit": 2}) == []
