@@ -314,8 +314,11 @@ class ConversationEnv:
         the randomizer's draw. ``reward_fn`` and ``max_turns`` default to the
         env's.
 
-        The trajectory's metadata: ``termination`` (one of `TERMINATIONS`),
-        ``agent_turns``, ``topic``, ``user_profile`` (when randomized),
+        The trajectory holds the user, assistant and tool turns (not the
+        agent's own system prompt or plan, which it adds to each prompt). Its
+        metadata: ``termination`` (one of `TERMINATIONS`), ``agent_turns``,
+        ``topic``, ``system_prompt`` (the agent's, when it has one),
+        ``user_profile`` (when randomized),
         ``reward_error`` (when the reward failed: ``final_reward`` is then the
         fallback), ``error`` (when the agent, the user or the goal check raised:
         the conversation up to there is kept). An episode that fails before its
@@ -396,6 +399,9 @@ class ConversationEnv:
             "agent_turns": agent_turns,
             "topic": scenario.topic,
         }
+        system_prompt = getattr(agent, "system_prompt", None)
+        if isinstance(system_prompt, str):
+            metadata["system_prompt"] = system_prompt
         if profile is not None:
             metadata["user_profile"] = {
                 "persona": profile.persona,

@@ -91,6 +91,11 @@ def test_scripted_turns_run_out():
     assert trajectory.metadata["agent_turns"] == 2
     assert trajectory.scenario_id == "s"
     assert trajectory.final_reward is None
+    assert "system_prompt" not in trajectory.metadata
+    agent = MultiTurnAgent(StubBackend(["ok"]), system_prompt="Be brief.")
+    trajectory = env.run_episode(agent, scenario)
+    assert trajectory.metadata["system_prompt"] == "Be brief."
+    assert roles(trajectory)[0] == "user"
 
 
 def test_goal_phrase_and_goal_fn_end_early():
