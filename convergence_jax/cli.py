@@ -4,6 +4,7 @@
     convergence-jax optimize CONFIG.yaml [--optimizer.generations 5 ...] [--quiet]
     convergence-jax optimize CONFIG.yaml --resume OUTDIR
     convergence-jax serve [--db runtime.db] [--config bandits.yaml] [--port 8000]
+    convergence-jax agents {train,evaluate,serve} ...
 
 Flags after the config file override its values (``--help`` lists them all).
 """
@@ -26,12 +27,13 @@ from convergence_jax.optimize.config import (
     validate,
 )
 
-USAGE = """usage: convergence-jax {init,optimize,serve} ...
+USAGE = """usage: convergence-jax {init,optimize,serve,agents} ...
 
   init       write a commented starter config (asks questions on a terminal)
   optimize   tune a configuration: convergence-jax optimize CONFIG.yaml [flags]
              (--resume OUTDIR continues an interrupted run)
   serve      the runtime bandit over HTTP: POST /select, POST /update, GET /stats
+  agents     train / evaluate / serve a chat agent (an OpenAI-compatible endpoint)
 
 Run `convergence-jax COMMAND --help` for the flags of a command.
 """
@@ -294,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         from convergence_jax.runtime.serve import serve
 
         return serve(rest)
+    if command == "agents":
+        from convergence_jax.agents.cli import main as agents_main
+
+        return agents_main(rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

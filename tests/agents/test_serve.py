@@ -289,3 +289,16 @@ def test_open_without_a_key(checkpoint):
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "fixed answer"
         assert c.get("/v1/models").status_code == 200
+
+
+def test_the_serve_command_warms_up_and_says_it_is_open(checkpoint, monkeypatch):
+    from convergence_jax.agents.cli import AgentServeArgs, chat_server
+
+    monkeypatch.delenv("CONVERGENCE_AGENT_API_KEY", raising=False)
+    lines = []
+    server = chat_server(AgentServeArgs(checkpoint=str(checkpoint[0])), lines.append)
+    assert lines[0].startswith("compiled the generation in")
+    assert "OPEN: $CONVERGENCE_AGENT_API_KEY is not set" in lines[1]
+    assert (server.config.host, server.config.port) == ("127.0.0.1", 8000)
+    with TestClient(server.config.app) as c:
+        assert chat(c, headers={}, max_tokens=2).status_code == 200
