@@ -19,6 +19,7 @@ from convergence_jax import cli
 from convergence_jax.agents.cli import AgentServeArgs, chat_server
 from convergence_jax.agents.export import load_agent
 from convergence_jax.agents.trajectory import MultiTurnTrajectory, save_jsonl
+from convergence_jax.optimize.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLY = "Happy to help! Your order ships today."
@@ -279,3 +280,33 @@ def test_train_continues_from_a_checkpoint_with_flag_overrides(trained, tmp_path
     _, _, _, meta = load_agent(tmp_path / "more")
     assert meta.system_prompt == SYSTEM  # kept from init_from
     assert meta.name == "more"
+
+
+def test_init_from_a_hugging_face_folder(trained, tmp_path):
+    """A folder with config.json, safetensors and tokenizer.json (no agent.json)
+    starts a run with its own tokenizer."""
+    import shutil
+
+    from convergence_jax import lm
+    from convergence_jax.agents.train import AgentTrainConfig, ModelSection
+    from convergence_jax.agents.train import _initial_model as initial_model
+
+    folder, out_dir, _ = trained
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(out_dir / name, hf / name)
+    with pytest.raises(ConfigError, match="model.init_from: no tokenizer file"):
+        initial_model(AgentTrainConfig(model=ModelSection(init_from=str(hf))))
+    from tokenizers import Tokenizer, models
+
+    vocab = {"<pad>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3}
+    Tokenizer(models.WordLevel(vocab, unk_token="<pad>")).save(
+        str(hf / "tokenizer.json")
+    )
+    (hf / "tokenizer_config.json").write_text('{"pad_token": "<pad>"}')
+    config = AgentTrainConfig(model=ModelSection(init_from=str(hf)))
+    params, model_config, tokenizer, system_prompt, source = initial_model(config)
+    assert source == "hf" and system_prompt is None
+    assert isinstance(tokenizer, lm.HFTokenizer) and tokenizer.pad_id == 0
+    assert model_config == load_agent(out_dir)[1]
