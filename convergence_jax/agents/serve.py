@@ -36,6 +36,7 @@ Requests are served one at a time (one model, one lock).
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 import time
 import uuid
@@ -45,7 +46,8 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
@@ -128,6 +130,22 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     n: int = 1
     stream: bool = False
+
+
+def _invalid(errors) -> JSONResponse:
+    """OpenAI's 400 body for pydantic's list of invalid fields (the first one,
+    and how many more)."""
+    issue = errors[0]
+    loc = [str(p) for p in issue.get("loc", ()) if p != "body"]
+    param = None
+    if loc:
+        param = loc[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
+    message = issue.get("msg", "invalid request")
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return _error(400, message, param=param)
 
 
 def _error(status: int, message: str, param=None, code=None, kind=None):
@@ -246,23 +264,7 @@ def create_chat_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        issue = exc.errors()[0]
-        loc = [str(p) for p in issue.get("loc", ()) if p != "body"]
-        param = None
-        if loc:
-            param = loc[0] + "".join(
-                f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:]
-            )
-        if issue.get("type") == "json_invalid":
-            return _error(
-                400, "the request body is not valid JSON", code="invalid_json"
-            )
-        message = issue.get("msg", "invalid request")
-        if param:
-            message = f"{param}: {message}"
-        if len(exc.errors()) > 1:
-            message += f" (and {len(exc.errors()) - 1} more)"
-        return _error(400, message, param=param)
+        return _invalid(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -308,10 +310,29 @@ def create_chat_app(
         }
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions")
-    def chat(request: Request, body: ChatRequest):
+    schema = {"application/json": {"schema": ChatRequest.model_json_schema()}}
+
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra={"requestBody": {"content": schema, "required": True}},
+    )
+    async def chat(request: Request):
+        # the key first, then the body: a caller without the key learns nothing
         if (denied := unauthorized(request)) is not None:
             return denied
+        try:
+            data = json.loads(await request.body())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _error(
+                400, "the request body is not valid JSON", code="invalid_json"
+            )
+        try:
+            body = ChatRequest.model_validate(data)
+        except ValidationError as exc:
+            return _invalid(exc.errors())
+        return await run_in_threadpool(answer, body)
+
+    def answer(body: ChatRequest):
         if body.model is not None and body.model != served.name:
             return _error(
                 404,

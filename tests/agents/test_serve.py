@@ -213,6 +213,11 @@ def test_api_key_is_checked(client):
         assert r.status_code == 401
         error = r.json()["error"]
         assert error["code"] == "invalid_api_key" and message in error["message"]
+    # the key is checked before the body is read
+    r = chat(c, headers={}, messages=[], temperature=-1)
+    assert r.status_code == 401
+    r = c.post("/v1/chat/completions", content=b"{oops")
+    assert r.status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -261,6 +266,15 @@ def test_other_errors(client):
     headers = AUTH | {"Content-Type": "application/json"}
     r = c.post("/v1/chat/completions", content=b"{oops", headers=headers)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    # a JSON body is read whatever the Content-Type says (curl -d sends a form)
+    raw = json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode()
+    r = c.post("/v1/chat/completions", content=raw, headers=AUTH)
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/chat/completions", content=b"[1, 2]", headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] is None
+    schema = c.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
+    body = schema["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"messages", "temperature", "top_p", "max_tokens"} <= set(body["properties"])
     # accepted as sent: fields that change nothing here
     assert chat(c, user="u1", presence_penalty=0, max_tokens=2).status_code == 200
     # content parts of type text are joined
