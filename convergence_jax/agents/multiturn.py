@@ -1,0 +1,704 @@
+"""Multi-turn GRPO / GSPO on a `TaskEnv`: whole conversations as one compiled
+program, trajectory-level group advantages, the loss on the agent's tokens only.
+
+    from convergence_jax import llm, lm
+    from convergence_jax.agents import multiturn
+    from convergence_jax.agents.task_env import customer_service_env
+
+    env = customer_service_env(lm.ByteTokenizer())
+    sft = multiturn.make_multiturn_sft(model_config, env, num_demos=32)
+    warm = sft.init(key)                                  # random init + demos
+    warm, train_success = sft.run_until(warm, target=0.3, max_steps=2000)
+
+    config = llm.GRPOConfig(loss="gspo", num_prompts=8, group_size=8,
+                            learning_rate=3e-4)
+    program = multiturn.make_multiturn_grpo(config, model_config, env)
+    state = program.init(key, warm.params)
+    state, metrics = program.run(state, num_steps=100)     # one lax.scan
+    program.evaluate(state.params, held_out=True)          # greedy success rate
+
+**The rollout** (`conversations`): ``num_prompts`` scenarios, each played
+``group_size`` times. The prompt (the user's first message) is prefilled into a
+KV cache sized for the whole conversation; then a ``lax.scan`` over
+``env.max_turns`` turns: the agent's turn is sampled token by token (a
+``lax.while_loop`` of at most ``env.turn_tokens`` steps that stops when every
+conversation has emitted its end-of-turn token; one key per conversation, folded
+with the token's index), `TaskEnv.step` parses it and returns the user's or the
+tool's reply, which is fed into the cache in one forward pass. Finished
+conversations feed masked padding. Everything is one XLA program.
+
+**Learning** reuses `convergence_jax.llm.make_grpo`'s ``learn``: the whole
+conversation after the prompt is the completion (``[P, G, C]``, ``C =
+env.completion_length``); its ``mask`` (every real token) is the attention mask
+and `Rollout.loss_mask` (the agent's tokens) the loss mask, so the policy attends
+to the user and tool tokens and is trained on its own. The reward of a
+conversation is the env's verifiable outcome (1 success, else 0); advantages are
+group-relative over the ``G`` conversations of a scenario (trajectory level),
+and every agent token of a conversation gets its conversation's advantage. Any
+group loss of `llm.LOSSES` works (grpo, dr_grpo, dapo, gspo, gspo_token, gepo);
+GSPO's sequence-level ratio is the geometric mean over the agent tokens. Turn-level
+credit (a value head with GAE over turns) is not implemented: ``vapo`` and
+``ppo`` are rejected.
+
+**SFT warm-up** (`make_multiturn_sft`): a fixed set of ``num_demos``
+demonstrations by the env's scripted expert (`expert_conversations`, the same
+token layout), trained with the masked next-token NLL on the agent's tokens
+(AdamW, `llm.sft.adamw_update`); ``run_until`` stops at a target greedy success
+on training scenarios.
+
+`train` is the high-level entry point (profiles, orbax checkpoints, exact
+resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from convergence_jax.agents.task_env import (
+    INVALID,
+    Conversations,
+    Scenarios,
+    TaskEnv,
+    _conversations,
+    expert_conversations,
+    to_trajectories,
+)
+from convergence_jax.llm.grpo import (
+    GRPOConfig,
+    GRPOHParams,
+    GRPOState,
+    Rollout,
+    make_grpo,
+)
+from convergence_jax.llm.losses import LOSSES
+from convergence_jax.llm.sft import SFTHParams, adamw_update
+from convergence_jax.lm.config import LMConfig
+from convergence_jax.lm.generate import completion_logprobs, sample_token
+from convergence_jax.lm.model import check_params, forward, init_cache, init_params
+
+__all__ = [
+    "PROFILES",
+    "MultiTurnGRPO",
+    "MultiTurnSFT",
+    "TrainResult",
+    "WarmupState",
+    "conversations",
+    "make_multiturn_grpo",
+    "make_multiturn_sft",
+    "train",
+]
+
+EVAL_SEED = 10**6
+"""Evaluation scenarios come from ``jax.random.key(EVAL_SEED)`` (held-out split
+and training split folded apart), a stream no training run consumes."""
+
+
+# --- the rollout --------------------------------------------------------------
+
+
+def conversations(
+    params,
+    model_config: LMConfig,
+    env: TaskEnv,
+    keys: jax.Array,
+    scenarios: Scenarios,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+) -> Conversations:
+    """Play one conversation per scenario ``[B]`` with the model ``params``.
+
+    ``keys``: ``[B]`` typed keys, one per conversation (token ``s`` of turn
+    ``t`` is drawn with ``fold_in(key, t * N + s)``); ``temperature`` 0 is
+    greedy. Pure JAX: jit / vmap it. Returns `Conversations` in the env's token
+    layout, with the sampler's log-probs (``log_softmax(logits /
+    temperature)``) on the agent's tokens.
+    """
+    mc = model_config
+    prompt = env.prompt(scenarios)
+    prompt_tokens, prompt_mask = prompt
+    b, lp = prompt_tokens.shape
+    n, r = env.turn_tokens, env.reply_tokens
+    stops = jnp.asarray(env.stop_tokens, jnp.int32)
+    pad = env.pad_id
+    cache = init_cache(mc, b, env.sequence_length)
+    logits, cache = forward(params, mc, prompt_tokens, prompt_mask, cache=cache)
+    top_k = jnp.asarray(top_k, jnp.int32)
+    top_p = jnp.asarray(top_p, jnp.float32)
+
+    def turn(carry, t):
+        cache, last, state = carry
+        base = lp + t * (n + r)
+
+        def cond(c):
+            s, _, _, done, _ = c
+            return (s < n) & ~jnp.all(done)
+
+        def body(c):
+            s, cache, last, done, (tok_buf, mask_buf, logp_buf) = c
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t * n + s))(keys)
+            token, logp = sample_token(step_keys, last, temperature, top_k, top_p)
+            active = ~done
+            token = jnp.where(active, token, pad)
+            tok_buf = tok_buf.at[:, s].set(token)
+            mask_buf = mask_buf.at[:, s].set(active.astype(jnp.int32))
+            logp_buf = logp_buf.at[:, s].set(jnp.where(active, logp, 0.0))
+            logits, cache = forward(
+                params,
+                mc,
+                token[:, None],
+                active[:, None].astype(jnp.int32),
+                cache=cache,
+            )
+            done = done | (active & jnp.isin(token, stops))
+            return s + 1, cache, logits[:, -1], done, (tok_buf, mask_buf, logp_buf)
+
+        buffers = (
+            jnp.full((b, n), pad, jnp.int32),
+            jnp.zeros((b, n), jnp.int32),
+            jnp.zeros((b, n), jnp.float32),
+        )
+        _, cache, last, _, (tokens, mask, logp) = jax.lax.while_loop(
+            cond, body, (jnp.zeros((), jnp.int32), cache, last, state.done, buffers)
+        )
+        # Unwritten agent slots stay masked; the reply starts at a fixed column.
+        cache = cache._replace(index=jnp.asarray(base + n, jnp.int32))
+        state, reply_tokens, reply_mask, info = env.step(state, tokens, mask)
+
+        def feed(cache, last):
+            logits, cache = forward(params, mc, reply_tokens, reply_mask, cache=cache)
+            length = reply_mask.sum(-1)
+            fed = logits[jnp.arange(b), jnp.maximum(length - 1, 0)]
+            return cache, jnp.where(length[:, None] > 0, fed, last)
+
+        # After the last turn nothing is generated (and the cache has no room).
+        cache, last = jax.lax.cond(
+            t < env.max_turns - 1, feed, lambda c, x: (c, x), cache, last
+        )
+        return (cache, last, state), (
+            (tokens, mask, logp, reply_tokens, reply_mask),
+            info,
+        )
+
+    (_, _, state), (turns, infos) = jax.lax.scan(
+        turn,
+        (cache, logits[:, -1], env.reset(scenarios)),
+        jnp.arange(env.max_turns),
+    )
+    return _conversations(env, scenarios, prompt, turns, state, infos)
+
+
+def _conversation_metrics(conv: Conversations) -> dict:
+    active = conv.reply_kinds >= 0  # [B, T]
+    taken = (jnp.arange(conv.actions.shape[1]) < conv.num_turns[:, None]) & active
+    invalid = jnp.sum((conv.actions == INVALID) & taken) / jnp.maximum(taken.sum(), 1)
+    return {
+        "success": conv.success.mean().astype(jnp.float32),
+        "reward": conv.rewards.mean(),
+        "num_turns": conv.num_turns.mean().astype(jnp.float32),
+        "invalid_turns": invalid.astype(jnp.float32),
+        "agent_tokens": conv.loss_mask.sum(-1).mean().astype(jnp.float32),
+    }
+
+
+def _eval_scenarios(env: TaskEnv, num: int, held_out: bool, key=None):
+    key = jax.random.key(EVAL_SEED) if key is None else key
+    return env.sample_scenarios(jax.random.fold_in(key, int(held_out)), num, held_out)
+
+
+def _success_rate(params, mc, env, scenarios, key, temperature):
+    keys = jax.random.split(key, scenarios.order.shape[0])
+    conv = conversations(params, mc, env, keys, scenarios, temperature)
+    return conv.success.mean().astype(jnp.float32)
+
+
+# --- the GRPO program -------------------------------------------------------------
+
+
+class MultiTurnGRPO(NamedTuple):
+    """Pure functions over `GRPOState` (see the module docstring).
+
+    ``init(key, params, hparams=None) -> GRPOState``;
+    ``step(state, hparams=None) -> (state, metrics)`` (jitted);
+    ``run(state, hparams=None, num_steps=1) -> (state, metrics [num_steps])``
+    (one ``lax.scan``, jitted; vmap it over states and hparams for seeds);
+    ``sample(state, hparams=None) -> (state, Conversations)`` and
+    ``learn(state, conversations, rewards [P, G], hparams=None) -> (state,
+    metrics)`` (a Python reward between them);
+    ``evaluate(params, held_out=True, greedy=True, num_scenarios=256, key=None)
+    -> success rate`` (held out: held-out orders *and* held-out users).
+    """
+
+    config: GRPOConfig
+    model_config: LMConfig
+    env: TaskEnv
+    grpo: Any
+    default_hparams: GRPOHParams
+    init: Callable
+    step: Callable
+    run: Callable
+    sample: Callable
+    learn: Callable
+    evaluate: Callable
+
+
+def make_multiturn_grpo(
+    config: GRPOConfig, model_config: LMConfig, env: TaskEnv
+) -> MultiTurnGRPO:
+    """The multi-turn program of ``model_config``'s model on ``env``.
+
+    ``config.num_prompts`` scenarios x ``config.group_size`` conversations per
+    step; ``config.max_new_tokens`` is ignored (a conversation's length is the
+    env's ``completion_length``). ``ValueError`` before compiling for: a loss
+    other than a group loss of `llm.LOSSES`, DAPO's dynamic sampling or
+    overlong filter / punishment set on (their notion of a truncated completion
+    is one without a stop token, which a conversation always lacks; off for
+    dapo here), more than one device, an env whose tokens or length do not fit
+    the model, and everything `llm.make_grpo` rejects.
+    """
+    if not isinstance(env, TaskEnv):
+        raise ValueError(f"env must be a TaskEnv, got {type(env).__name__}")
+    if not isinstance(model_config, LMConfig):
+        raise ValueError(
+            f"model_config must be an LMConfig, got {type(model_config).__name__}"
+        )
+    if config.loss not in LOSSES:
+        raise ValueError(
+            f"GRPOConfig.loss must be a group loss {sorted(LOSSES)} for multi-turn "
+            f"GRPO, got {config.loss!r} (turn-level credit with a value model is "
+            "not implemented)"
+        )
+    for name in ("dynamic_sampling", "overlong_filter", "soft_overlong"):
+        if getattr(config, name):
+            raise ValueError(
+                f"GRPOConfig.{name} is not supported in multi-turn GRPO (a "
+                "conversation has no single stop token); leave it None"
+            )
+    if config.num_devices != 1:
+        raise ValueError("multi-turn GRPO runs on one device (num_devices=1)")
+    env.check_model(model_config)
+    inner_config = dataclasses.replace(
+        config,
+        max_new_tokens=env.completion_length,
+        dynamic_sampling=False,
+        overlong_filter=False,
+        soft_overlong=False,
+    )
+    grpo = make_grpo(inner_config, model_config, None)
+    mc = model_config
+    num_prompts, group = config.num_prompts, config.group_size
+    default_hparams = grpo.default_hparams
+
+    def init(key, params, hparams=None) -> GRPOState:
+        return grpo.init(key, params, hparams)
+
+    def sample_local(state: GRPOState, hp):
+        key, k_scen, k_roll = jax.random.split(state.key, 3)
+        scenarios = env.sample_scenarios(k_scen, num_prompts, held_out=False)
+        repeated = jax.tree.map(lambda x: jnp.repeat(x, group, 0), scenarios)
+        keys = jax.vmap(
+            lambda k: jax.vmap(lambda g: jax.random.fold_in(k, g))(jnp.arange(group))
+        )(jax.random.split(k_roll, num_prompts)).reshape(num_prompts * group)
+        conv = conversations(
+            state.params,
+            mc,
+            env,
+            keys,
+            repeated,
+            hp.temperature,
+            config.top_k,
+            config.top_p,
+        )
+        return state.replace(key=key), conv
+
+    def to_rollout(conv: Conversations) -> Rollout:
+        c = env.completion_length
+
+        def grouped(x):
+            return x.reshape(num_prompts, group, c)
+
+        return Rollout(
+            prompt_tokens=conv.prompt_tokens[::group],
+            prompt_mask=conv.prompt_mask[::group],
+            tokens=grouped(conv.tokens),
+            mask=grouped(conv.mask),
+            logprobs=grouped(conv.logprobs),
+            problem=None,
+            loss_mask=grouped(conv.loss_mask),
+        )
+
+    def learn_local(state, conv, rewards, hp):
+        return grpo.learn(state, to_rollout(conv), rewards, hp)
+
+    def step_local(state: GRPOState, hp):
+        state, conv = sample_local(state, hp)
+        rewards = conv.rewards.reshape(num_prompts, group)
+        state, metrics = learn_local(state, conv, rewards, hp)
+        return state, {**metrics, **_conversation_metrics(conv)}
+
+    step_jit = jax.jit(step_local)
+
+    def step(state: GRPOState, hparams: GRPOHParams | None = None):
+        """One step: sample, score with the env, learn (jitted)."""
+        return step_jit(state, default_hparams if hparams is None else hparams)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run_jit(state, hp, num_steps):
+        return jax.lax.scan(lambda s, _: step_local(s, hp), state, None, num_steps)
+
+    def run(state: GRPOState, hparams: GRPOHParams | None = None, num_steps: int = 1):
+        """``num_steps`` steps as one ``lax.scan`` -> ``(state, metrics)``."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+            raise ValueError(f"run: num_steps must be an int, got {num_steps!r}")
+        if num_steps < 0:
+            raise ValueError(f"run: num_steps must be >= 0, got {num_steps}")
+        hp = default_hparams if hparams is None else hparams
+        return run_jit(state, hp, int(num_steps))
+
+    sample_jit = jax.jit(sample_local)
+
+    def sample(state: GRPOState, hparams: GRPOHParams | None = None):
+        """``(state, Conversations)`` of ``num_prompts * group_size``
+        conversations (scenario-major), for a Python reward (compiled)."""
+        return sample_jit(state, default_hparams if hparams is None else hparams)
+
+    learn_jit = jax.jit(learn_local)
+
+    def learn(state, conv: Conversations, rewards, hparams=None):
+        """Group advantages and updates from ``rewards`` ``[num_prompts,
+        group_size]`` (e.g. a Python score of `to_trajectories`)."""
+        if np.shape(rewards) != (num_prompts, group):
+            raise ValueError(
+                f"learn: rewards must be [num_prompts, group_size] = "
+                f"[{num_prompts}, {group}], got {list(np.shape(rewards))}"
+            )
+        hp = default_hparams if hparams is None else hparams
+        return learn_jit(state, conv, jnp.asarray(rewards, jnp.float32), hp)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2, 3))
+    def evaluate_jit(params, held_out, greedy, num_scenarios, key, temperature):
+        scenarios = _eval_scenarios(env, num_scenarios, held_out, key)
+        t = jnp.where(greedy, 0.0, temperature)
+        return _success_rate(params, mc, env, scenarios, jax.random.key(1), t)
+
+    def evaluate(
+        params,
+        held_out: bool = True,
+        greedy: bool = True,
+        num_scenarios: int = 256,
+        key=None,
+        temperature: float = 1.0,
+    ):
+        """Success rate of ``params`` on ``num_scenarios`` scenarios: held-out
+        orders and held-out users (``held_out``), or training ones. The same
+        scenarios for every call with the same ``key`` (default: the
+        `EVAL_SEED` stream). Greedy, or sampled at ``temperature``."""
+        key = jax.random.key(EVAL_SEED) if key is None else key
+        return evaluate_jit(
+            params, bool(held_out), bool(greedy), int(num_scenarios), key, temperature
+        )
+
+    return MultiTurnGRPO(
+        config=config,
+        model_config=mc,
+        env=env,
+        grpo=grpo,
+        default_hparams=default_hparams,
+        init=init,
+        step=step,
+        run=run,
+        sample=sample,
+        learn=learn,
+        evaluate=evaluate,
+    )
+
+
+# --- the SFT warm-up -------------------------------------------------------------
+
+
+@struct.dataclass
+class WarmupState:
+    """The SFT warm-up's state: parameters, AdamW moments, key, step."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array
+
+
+class MultiTurnSFT(NamedTuple):
+    """``init(key, params=None)``; ``step(state, hparams=None)``; ``run(state,
+    hparams=None, num_steps=1)``; ``run_until(state, target, max_steps,
+    hparams=None, eval_every=50, num_scenarios=128) -> (state, train success)``;
+    ``loss(params, batch)``; ``demos``: the expert's `Conversations`."""
+
+    model_config: LMConfig
+    env: TaskEnv
+    demos: Conversations
+    default_hparams: SFTHParams
+    init: Callable
+    step: Callable
+    run: Callable
+    run_until: Callable
+    loss: Callable
+
+
+def agent_nll(params, model_config: LMConfig, conv: Conversations):
+    """Mean NLL of the agent's tokens (``loss_mask``) given the whole
+    conversation before each: ``-sum(loss_mask * log p) / sum(loss_mask)``."""
+    logp = completion_logprobs(
+        params,
+        model_config,
+        conv.prompt_tokens,
+        conv.prompt_mask,
+        conv.tokens,
+        conv.mask,
+    )
+    weights = conv.loss_mask.astype(jnp.float32)
+    return -jnp.sum(logp * weights) / jnp.maximum(weights.sum(), 1.0)
+
+
+def make_multiturn_sft(
+    model_config: LMConfig,
+    env: TaskEnv,
+    *,
+    num_demos: int = 32,
+    batch_size: int = 16,
+    demo_seed: int = 0,
+    hparams: SFTHParams | None = None,
+) -> MultiTurnSFT:
+    """SFT on ``num_demos`` scripted-expert conversations of training scenarios
+    (drawn with ``demo_seed``; the same for every run), ``batch_size`` of them
+    (drawn with replacement from the state's key) per AdamW step."""
+    env.check_model(model_config)
+    for name, value in (("num_demos", num_demos), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"make_multiturn_sft: {name} must be an int >= 1")
+    demos = jax.jit(lambda s: expert_conversations(env, s))(
+        env.sample_scenarios(jax.random.key(demo_seed), num_demos, held_out=False)
+    )
+    default_hparams = (
+        SFTHParams.create(learning_rate=3e-3, warmup_steps=20)
+        if hparams is None
+        else hparams
+    )
+    moments = optax.scale_by_adam()
+    mc = model_config
+
+    def loss(params, batch: Conversations):
+        return agent_nll(params, mc, batch)
+
+    def init(key, params=None) -> WarmupState:
+        k_params, k_data = jax.random.split(key)
+        if params is None:
+            params = init_params(k_params, mc)
+        else:
+            check_params(mc, params)
+        return WarmupState(
+            params, moments.init(params), k_data, jnp.zeros((), jnp.int32)
+        )
+
+    def step(state: WarmupState, hparams=None):
+        hp = default_hparams if hparams is None else hparams
+        rows = jax.random.randint(
+            jax.random.fold_in(state.key, state.step), (batch_size,), 0, num_demos
+        )
+        batch = jax.tree.map(lambda x: x[rows], demos)
+        value, grads = jax.value_and_grad(loss)(state.params, batch)
+        params, opt_state, grad_norm, lr = adamw_update(
+            moments, grads, state.opt_state, state.params, state.step, hp
+        )
+        state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        return state, {"loss": value, "grad_norm": grad_norm, "learning_rate": lr}
+
+    def run(state, hparams=None, num_steps: int = 1):
+        return jax.lax.scan(lambda s, _: step(s, hparams), state, None, int(num_steps))
+
+    def run_until(
+        state,
+        target,
+        max_steps,
+        hparams=None,
+        *,
+        eval_every: int = 50,
+        num_scenarios: int = 128,
+    ):
+        """Train until the greedy success on training scenarios (from a key
+        apart from `EVAL_SEED`'s) reaches ``target`` or ``max_steps``; checked
+        every ``eval_every`` steps. Returns ``(state, success)``; vmappable."""
+        scenarios = _eval_scenarios(
+            env, int(num_scenarios), False, jax.random.key(EVAL_SEED + 1)
+        )
+
+        def score(params):
+            return _success_rate(params, mc, env, scenarios, jax.random.key(0), 0.0)
+
+        def cond(carry):
+            state, success = carry
+            return (success < target) & (state.step < max_steps)
+
+        def body(carry):
+            state, _ = carry
+            state, _ = run(state, hparams, int(eval_every))
+            return state, score(state.params)
+
+        return jax.lax.while_loop(cond, body, (state, score(state.params)))
+
+    return MultiTurnSFT(
+        model_config=mc,
+        env=env,
+        demos=demos,
+        default_hparams=default_hparams,
+        init=init,
+        step=step,
+        run=run,
+        run_until=run_until,
+        loss=loss,
+    )
+
+
+# --- the high-level entry point ---------------------------------------------------
+
+PROFILES = {
+    # Small steps, a large group, a KL anchor to the starting policy.
+    "conservative": dict(
+        loss="grpo", learning_rate=1e-4, group_size=8, num_prompts=8, beta=0.04
+    ),
+    # The settings of the learning bar (benchmarks/agents_learning.py).
+    "balanced": dict(loss="grpo", learning_rate=3e-4, group_size=8, num_prompts=8),
+    # Large steps, off-policy second pass with GSPO's sequence-level clipping.
+    "aggressive": dict(
+        loss="gspo",
+        learning_rate=1e-3,
+        group_size=8,
+        num_prompts=8,
+        num_epochs=2,
+    ),
+}
+"""`train`'s profiles: `GRPOConfig` fields (others at their defaults)."""
+
+
+class TrainResult(NamedTuple):
+    """What `train` returns: the final params, the program's state, the
+    per-step metrics (NumPy, ``[num_steps]``), the program, and the step the
+    run resumed from (0 if fresh)."""
+
+    params: Any
+    state: GRPOState
+    metrics: dict
+    program: MultiTurnGRPO
+    resumed_from: int
+
+
+def _agent_parts(agent_or_params):
+    if isinstance(agent_or_params, tuple) and len(agent_or_params) == 2:
+        params, model_config = agent_or_params
+    elif hasattr(agent_or_params, "params") and hasattr(
+        agent_or_params, "model_config"
+    ):
+        params, model_config = agent_or_params.params, agent_or_params.model_config
+    else:
+        raise ValueError(
+            "train: agent_or_params must be (params, model_config) or an object "
+            "with .params and .model_config"
+        )
+    if not isinstance(model_config, LMConfig):
+        raise ValueError(
+            f"train: model_config must be an LMConfig, got {type(model_config)}"
+        )
+    return params, model_config
+
+
+def train(
+    agent_or_params,
+    env: TaskEnv,
+    reward_fn: Callable | None = None,
+    num_episodes: int = 1024,
+    profile: str = "balanced",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    *,
+    seed: int = 0,
+    checkpoint_every: int = 10,
+    callback: Callable[[int, dict], None] | None = None,
+    **overrides,
+) -> TrainResult:
+    """Multi-turn GRPO of an agent on ``env`` for ``num_episodes``
+    conversations (``ceil(num_episodes / (num_prompts * group_size))`` steps).
+
+    ``agent_or_params``: ``(params, model_config)`` or an object with
+    ``.params`` and ``.model_config``. ``profile``: a key of `PROFILES`;
+    ``overrides``: `GRPOConfig` fields over it. ``reward_fn``: None for the
+    env's verifiable success, or ``reward_fn(trajectory) -> float`` on each
+    `MultiTurnTrajectory` (`to_trajectories`; host side, between the compiled
+    sample and learn). ``checkpoint_dir``: the `GRPOState` is saved through
+    `convergence_jax.checkpoint` every ``checkpoint_every`` steps and at the
+    end; with ``resume`` a run finds its latest step there and continues from
+    it, exactly as an uninterrupted run (the state holds the key and the step).
+    ``callback(step, metrics)`` runs after each step.
+    """
+    from convergence_jax import checkpoint
+
+    if profile not in PROFILES:
+        raise ValueError(
+            f"train: profile must be one of {sorted(PROFILES)}, got {profile!r}"
+        )
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int):
+        raise ValueError(f"train: num_episodes must be an int, got {num_episodes!r}")
+    if num_episodes < 1:
+        raise ValueError(f"train: num_episodes must be >= 1, got {num_episodes}")
+    params, model_config = _agent_parts(agent_or_params)
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"train: unknown GRPOConfig fields {sorted(unknown)}")
+    config = GRPOConfig(**{**PROFILES[profile], **overrides})
+    program = make_multiturn_grpo(config, model_config, env)
+    per_step = config.num_prompts * config.group_size
+    num_steps = math.ceil(num_episodes / per_step)
+    state = program.init(jax.random.key(seed), params)
+    start = 0
+    if checkpoint_dir is not None and resume:
+        latest = checkpoint.latest_step(checkpoint_dir)
+        if latest is not None:
+            state = checkpoint.restore(checkpoint_dir, like=state, step=latest)
+            start = int(latest)
+    history: list[dict] = []
+    for step in range(start, num_steps):
+        if reward_fn is None:
+            state, metrics = program.step(state)
+        else:
+            state, conv = program.sample(state)
+            trajectories = to_trajectories(env, conv)
+            rewards = np.asarray(
+                [float(reward_fn(t)) for t in trajectories], np.float32
+            ).reshape(config.num_prompts, config.group_size)
+            state, metrics = program.learn(state, conv, rewards)
+            metrics = {
+                **metrics,
+                **_conversation_metrics(conv),
+                "reward": float(rewards.mean()),
+            }
+        metrics = {k: float(v) for k, v in metrics.items()}
+        history.append(metrics)
+        if callback is not None:
+            callback(step, metrics)
+        done = step + 1
+        if checkpoint_dir is not None and (
+            done % checkpoint_every == 0 or done == num_steps
+        ):
+            checkpoint.save(checkpoint_dir, state, step=done, overwrite=True)
+    keys = sorted(history[0]) if history else []
+    metrics = {k: np.asarray([h[k] for h in history]) for k in keys}
+    return TrainResult(state.params, state, metrics, program, start)
