@@ -48,13 +48,14 @@ the key (``train.steps: must be >= 1, got 0``) before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import tyro
 import yaml
@@ -65,6 +66,7 @@ __all__ = [
     "AgentSection",
     "AgentTrainConfig",
     "DataSection",
+    "GRPOSection",
     "ModelSection",
     "OutputSection",
     "TrainResult",
@@ -114,8 +116,9 @@ class DataSection:
 class TrainSection:
     """The optimization."""
 
-    algorithm: Literal["sft"] = "sft"
-    """sft: supervised fine-tuning on the assistant's tokens."""
+    algorithm: Literal["sft", "grpo"] = "sft"
+    """sft: supervised fine-tuning on data.train's demonstrations (assistant
+    tokens only); grpo: multi-turn GRPO on the grpo section's TaskEnv."""
     steps: int = 200
     """AdamW updates."""
     batch_size: int = 8
@@ -134,6 +137,45 @@ class TrainSection:
     """Initial parameters and the batch order."""
     log_every: int = 50
     """Print and record metrics every this many steps."""
+
+
+@dataclass(frozen=True)
+class GRPOSection:
+    """Multi-turn GRPO on a TaskEnv (``train.algorithm: grpo``,
+    `agents.multiturn.train`)."""
+
+    env: Literal["customer_service"] = "customer_service"
+    """The TaskEnv: customer_service (orders, a lookup tool, the refund rule)."""
+    max_turns: int = 4
+    """Agent turns per conversation."""
+    turn_tokens: int = 12
+    """Tokens per agent turn (>= 12)."""
+    num_orders: int = 256
+    """Orders in the env's table."""
+    env_seed: int = 0
+    """Seed of the env's table and its held-out split."""
+    profile: Literal["conservative", "balanced", "aggressive"] = "balanced"
+    """GRPO settings (agents.multiturn.PROFILES)."""
+    num_episodes: int = 1024
+    """Conversations played; steps = ceil(num_episodes / (num_prompts *
+    group_size))."""
+    overrides: Annotated[dict[str, Any], tyro.conf.Suppress] = field(
+        default_factory=dict
+    )
+    """llm.GRPOConfig fields over the profile (num_prompts, group_size,
+    learning_rate, loss, ...; YAML only)."""
+    warmup_demos: int = 32
+    """SFT on this many scripted-expert conversations first, with train.*'s
+    numbers (agents.multiturn.make_multiturn_sft); 0: start GRPO from the
+    model as it is."""
+    warmup_target: float = 0.3
+    """The warm-up stops at this greedy success on training scenarios..."""
+    warmup_max_steps: int = 2000
+    """...or after this many steps."""
+    eval_scenarios: int = 128
+    """Held-out scenarios (orders and users) scored before and after GRPO."""
+    checkpoint_dir: str | None = None
+    """Orbax checkpoints of the GRPO state (a rerun resumes from the latest)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +211,7 @@ class AgentTrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     agent: AgentSection = field(default_factory=AgentSection)
     output: OutputSection = field(default_factory=OutputSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
     base_dir: Annotated[str, tyro.conf.Suppress] = "."
     """Folder the config file was read from (data paths are relative to it)."""
 
@@ -227,11 +270,36 @@ def validate_train_config(config: AgentTrainConfig) -> None:
             )
         if not m.rope_theta > 0:
             raise ConfigError(f"model.rope_theta: must be > 0, got {m.rope_theta}")
-    if not d.train:
+    if t.algorithm == "sft" and not d.train:
         raise ConfigError(
             "data.train: give the JSONL file of demonstrations (one "
             "MultiTurnTrajectory per line)"
         )
+    if t.algorithm == "grpo":
+        g = config.grpo
+        for name, low in (
+            ("max_turns", 1),
+            ("turn_tokens", 12),
+            ("num_orders", 2),
+            ("env_seed", 0),
+            ("num_episodes", 1),
+            ("warmup_demos", 0),
+            ("warmup_max_steps", 1),
+            ("eval_scenarios", 1),
+        ):
+            _at_least(f"grpo.{name}", getattr(g, name), low)
+        if not 0 <= g.warmup_target <= 1:
+            raise ConfigError(
+                f"grpo.warmup_target: must be in [0, 1], got {g.warmup_target}"
+            )
+        from convergence_jax.llm.grpo import GRPOConfig
+
+        fields = [f.name for f in dataclasses.fields(GRPOConfig)]
+        for key in g.overrides:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"grpo.overrides.{key}: not a GRPOConfig field{hint}")
     if d.max_length is not None:
         _at_least("data.max_length", d.max_length, 2)
     for name in ("steps", "batch_size", "log_every"):
@@ -419,6 +487,8 @@ def train_agent(
 
     validate_train_config(config)
     say = progress or (lambda line: None)
+    if config.train.algorithm == "grpo":
+        return _train_grpo(config, say)
     params, model_config, tokenizer, base_prompt, source = _initial_model(config)
     a = config.agent
     system_prompt = a.system_prompt if a.system_prompt is not None else base_prompt
@@ -507,3 +577,141 @@ def train_agent(
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     say(f"wrote the agent checkpoint {out}/ (metrics in {metrics_path.name})")
     return TrainResult(out, metrics_path, rows)
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+
+def _train_grpo(config: AgentTrainConfig, say) -> TrainResult:
+    """``train.algorithm: grpo``: an optional SFT warm-up on the env's scripted
+    expert, then `agents.multiturn.train`; held-out success before and after."""
+    import jax
+    import numpy as np
+
+    from convergence_jax.agents import multiturn
+    from convergence_jax.agents.export import save_agent
+    from convergence_jax.agents.task_env import customer_service_env
+    from convergence_jax.llm.sft import SFTHParams
+
+    t, g, a = config.train, config.grpo, config.agent
+    params, model_config, tokenizer, base_prompt, source = _initial_model(config)
+    try:
+        env = customer_service_env(
+            tokenizer,
+            max_turns=g.max_turns,
+            turn_tokens=g.turn_tokens,
+            num_orders=g.num_orders,
+            seed=g.env_seed,
+        )
+    except ValueError as error:
+        raise ConfigError(f"grpo: {error}") from None
+    try:
+        env.check_model(model_config)
+    except ValueError as error:
+        raise ConfigError(f"model: {error}") from None
+    start = time.perf_counter()
+    rows: list[dict] = []
+    warm_success = None
+    if g.warmup_demos > 0:
+        hparams = SFTHParams.create(
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            warmup_steps=t.warmup_steps,
+            decay_steps=t.decay_steps,
+            max_grad_norm=t.max_grad_norm,
+        )
+        sft = multiturn.make_multiturn_sft(
+            model_config,
+            env,
+            num_demos=g.warmup_demos,
+            batch_size=t.batch_size,
+            demo_seed=t.seed,
+        )
+        warm = sft.init(jax.random.fold_in(jax.random.key(t.seed), 2), params)
+        warm, success = jax.jit(
+            lambda s: sft.run_until(
+                s, g.warmup_target, g.warmup_max_steps, hparams, eval_every=t.log_every
+            )
+        )(warm)
+        params, warm_success = warm.params, float(success)
+        say(
+            f"SFT warm-up on {g.warmup_demos} expert conversations: "
+            f"{int(warm.step)} steps, greedy success on training scenarios "
+            f"{warm_success:.3f} ({time.perf_counter() - start:.1f} s)"
+        )
+
+    def log(step: int, metrics: dict):
+        row = {"step": step + 1, **metrics}
+        row["elapsed_s"] = round(time.perf_counter() - start, 3)
+        rows.append(row)
+        if (step + 1) % t.log_every == 0 or step == 0:
+            reward = metrics.get("reward", float("nan"))
+            say(
+                f"GRPO step {step + 1}  reward {reward:.3f}  ({row['elapsed_s']:.1f} s)"
+            )
+
+    checkpoint_dir = None
+    if g.checkpoint_dir is not None:
+        checkpoint_dir = Path(g.checkpoint_dir).expanduser().resolve()
+    try:
+        result = multiturn.train(
+            (params, model_config),
+            env,
+            None,
+            g.num_episodes,
+            g.profile,
+            checkpoint_dir,
+            seed=t.seed,
+            callback=log,
+            **g.overrides,
+        )
+    except ValueError as error:
+        raise ConfigError(f"grpo: {error}") from None
+    before = float(result.program.evaluate(params, num_scenarios=g.eval_scenarios))
+    after = float(
+        result.program.evaluate(result.params, num_scenarios=g.eval_scenarios)
+    )
+    say(
+        f"held-out greedy success ({g.eval_scenarios} scenarios): {before:.3f} "
+        f"before GRPO, {after:.3f} after"
+    )
+    out = Path(config.output.dir)
+    system_prompt = a.system_prompt if a.system_prompt is not None else base_prompt
+    metadata = {
+        "trained_with": "grpo",
+        "source": source if source == "fresh" else f"{source}:{config.model.init_from}",
+        "env": g.env,
+        "profile": g.profile,
+        "overrides": dict(g.overrides),
+        "episodes": g.num_episodes,
+        "steps": result.resumed_from + len(rows),
+        "warmup_success": warm_success,
+        "held_out_success_before": before,
+        "held_out_success_after": after,
+    }
+    save_agent(
+        out,
+        result.params,
+        model_config,
+        tokenizer,
+        system_prompt,
+        name=a.name,
+        generation={
+            "temperature": a.temperature,
+            "top_p": a.top_p,
+            "top_k": a.top_k,
+            "max_tokens": a.max_tokens,
+        },
+        metadata=metadata,
+    )
+    metrics_path = out / "metrics.jsonl"
+    clean = [
+        {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in r.items()
+        }
+        for r in rows
+    ]
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in clean))
+    say(f"wrote the agent checkpoint {out}/ (metrics in {metrics_path.name})")
+    return TrainResult(out, metrics_path, clean)
