@@ -173,7 +173,8 @@ class GRPOSection:
     warmup_max_steps: int = 2000
     """...or after this many steps."""
     eval_scenarios: int = 128
-    """Held-out scenarios (orders and users) scored before and after GRPO."""
+    """Held-out scenarios (orders and users) scored before and after GRPO (0:
+    no held-out evaluation)."""
     checkpoint_dir: str | None = None
     """Orbax checkpoints of the GRPO state (a rerun resumes from the latest)."""
 
@@ -285,7 +286,7 @@ def validate_train_config(config: AgentTrainConfig) -> None:
             ("num_episodes", 1),
             ("warmup_demos", 0),
             ("warmup_max_steps", 1),
-            ("eval_scenarios", 1),
+            ("eval_scenarios", 0),
         ):
             _at_least(f"grpo.{name}", getattr(g, name), low)
         if not 0 <= g.warmup_target <= 1:
@@ -667,14 +668,15 @@ def _train_grpo(config: AgentTrainConfig, say) -> TrainResult:
         )
     except ValueError as error:
         raise ConfigError(f"grpo: {error}") from None
-    before = float(result.program.evaluate(params, num_scenarios=g.eval_scenarios))
-    after = float(
-        result.program.evaluate(result.params, num_scenarios=g.eval_scenarios)
-    )
-    say(
-        f"held-out greedy success ({g.eval_scenarios} scenarios): {before:.3f} "
-        f"before GRPO, {after:.3f} after"
-    )
+    before = after = None
+    if g.eval_scenarios > 0:
+        evaluate = result.program.evaluate
+        before = float(evaluate(params, num_scenarios=g.eval_scenarios))
+        after = float(evaluate(result.params, num_scenarios=g.eval_scenarios))
+        say(
+            f"held-out greedy success ({g.eval_scenarios} scenarios): {before:.3f} "
+            f"before GRPO, {after:.3f} after"
+        )
     out = Path(config.output.dir)
     system_prompt = a.system_prompt if a.system_prompt is not None else base_prompt
     metadata = {

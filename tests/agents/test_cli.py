@@ -314,15 +314,15 @@ def test_init_from_a_hugging_face_folder(trained, tmp_path):
 
 def test_train_grpo_on_the_customer_service_env(tmp_path):
     """``train.algorithm: grpo`` wires `agents.multiturn.train` (one step of
-    2 x 4 conversations, no warm-up: the wiring, not the learning, which
-    tests/agents/test_multiturn.py measures)."""
+    2 x 4 conversations, no warm-up, no held-out evaluation: the wiring, not
+    the learning, which the multiturn tests measure)."""
     config = {
         "model": TRAIN["model"] | {"max_position_embeddings": 512},
         "train": {"algorithm": "grpo", "seed": 0, "log_every": 1},
         "grpo": {
             "num_episodes": 8,
             "warmup_demos": 0,
-            "eval_scenarios": 8,
+            "eval_scenarios": 0,
             "overrides": {"num_prompts": 2, "group_size": 4},
         },
         "agent": {"name": "cs-agent", "temperature": 0.0, "max_tokens": 12},
@@ -330,14 +330,13 @@ def test_train_grpo_on_the_customer_service_env(tmp_path):
     }
     code, out, err = _main("agents", "train", str(_write(tmp_path / "g.yaml", config)))
     assert code == 0, err
-    assert "GRPO step 1" in out and "held-out greedy success" in out
+    assert "GRPO step 1" in out and "held-out greedy success" not in out
     rows = [json.loads(x) for x in (tmp_path / "cs" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [1]
     assert 0.0 <= rows[0]["reward"] <= 1.0 and "success" in rows[0]
     _, _, _, meta = load_agent(tmp_path / "cs")
     assert meta.metadata["trained_with"] == "grpo" and meta.metadata["steps"] == 1
-    for key in ("held_out_success_before", "held_out_success_after"):
-        assert 0.0 <= meta.metadata[key] <= 1.0
+    assert meta.metadata["held_out_success_after"] is None  # eval_scenarios: 0
     for edit, message in (
         ({"overrides": {"num_promts": 2}}, "grpo.overrides.num_promts: not a GRPO"),
         ({"turn_tokens": 5}, "grpo.turn_tokens: must be >= 12, got 5"),
