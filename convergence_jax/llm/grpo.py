@@ -295,6 +295,10 @@ class Rollout(NamedTuple):
     (1 up to and including the stop token) and ``logprobs`` (the sampler's,
     ``log_softmax(logits / temperature)``) come from `lm.generate`; ``problem``
     is the task's batch (`TaskBatch`) when the task drew the prompts, else None.
+    ``loss_mask`` (``[P, G, N]``, optional) selects the tokens the loss trains
+    on, while ``mask`` stays the attention mask: a multi-turn conversation
+    (`convergence_jax.agents.multiturn`) attends to its user and tool tokens but
+    trains on the agent's only. None: ``mask``.
     """
 
     prompt_tokens: jax.Array
@@ -303,6 +307,7 @@ class Rollout(NamedTuple):
     mask: jax.Array
     logprobs: jax.Array
     problem: Any
+    loss_mask: Any = None
 
 
 class GRPO(NamedTuple):
@@ -889,7 +894,8 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
 
     def learn_local(state: GRPOState, rollout: Rollout, rewards, valid, key, hp):
         p, g, n = rollout.tokens.shape
-        loss_mask = rollout.mask.astype(jnp.float32) * valid[:, None, None]
+        trained = rollout.mask if rollout.loss_mask is None else rollout.loss_mask
+        loss_mask = trained.astype(jnp.float32) * valid[:, None, None]
         if recipe.overlong_filter:
             loss_mask = loss_mask * (~truncated_of(rollout))[..., None]
         data = {
@@ -1033,7 +1039,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         return state, {**metrics, "reward": pmean(rewards.mean())}
 
     # -- the mesh --
-    rollout_spec = Rollout(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS))
+    rollout_spec = Rollout(*(P(AXIS),) * 7)
 
     def on_mesh(fn, in_specs, out_specs):
         if not sharded:
@@ -1135,7 +1141,9 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
     def _sample_jit(state, hp, prompts, external):
         if sharded:
             in_prompts = (P(AXIS), P(AXIS)) if external else None
-            spec = rollout_spec._replace(problem=P(AXIS) if not external else None)
+            spec = rollout_spec._replace(
+                problem=P(AXIS) if not external else None, loss_mask=None
+            )
             fn = jax.shard_map(
                 lambda s, h, pr: sample_local(s, h, pr),
                 mesh=mesh,
@@ -1168,7 +1176,10 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
     @functools.partial(jax.jit, static_argnums=5)
     def _learn_jit(state, rollout, rewards, valid, hp, has_problem):
         if sharded:
-            spec = rollout_spec._replace(problem=P(AXIS) if has_problem else None)
+            spec = rollout_spec._replace(
+                problem=P(AXIS) if has_problem else None,
+                loss_mask=P(AXIS) if rollout.loss_mask is not None else None,
+            )
             fn = jax.shard_map(
                 host_learn_local,
                 mesh=mesh,
@@ -1200,6 +1211,14 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             raise ValueError(
                 f"learn: rollout.tokens must be [{num_prompts}, {group}, {length}], "
                 f"got {list(np.shape(rollout.tokens))}"
+            )
+        if rollout.loss_mask is not None and np.shape(rollout.loss_mask) != np.shape(
+            rollout.tokens
+        ):
+            raise ValueError(
+                f"learn: rollout.loss_mask has shape "
+                f"{list(np.shape(rollout.loss_mask))}, rollout.tokens "
+                f"{list(np.shape(rollout.tokens))}"
             )
         rewards = jnp.asarray(rewards, jnp.float32)
         valid = (
