@@ -601,6 +601,13 @@ class TrainResult(NamedTuple):
     resumed_from: int
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_program(config, model_config, env) -> MultiTurnGRPO:
+    # train() called again with the same settings (a resumed run) reuses the
+    # compiled program.
+    return make_multiturn_grpo(config, model_config, env)
+
+
 def _agent_parts(agent_or_params):
     if isinstance(agent_or_params, tuple) and len(agent_or_params) == 2:
         params, model_config = agent_or_params
@@ -664,7 +671,7 @@ def train(
     if unknown:
         raise ValueError(f"train: unknown GRPOConfig fields {sorted(unknown)}")
     config = GRPOConfig(**{**PROFILES[profile], **overrides})
-    program = make_multiturn_grpo(config, model_config, env)
+    program = _cached_program(config, model_config, env)
     per_step = config.num_prompts * config.group_size
     num_steps = math.ceil(num_episodes / per_step)
     state = program.init(jax.random.key(seed), params)

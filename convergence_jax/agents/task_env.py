@@ -39,15 +39,17 @@ table; their ids appear in no training scenario) and held-out users (the options
 of ``held_out_users``, a `DomainRandomizer` whose personas, topics and styles are
 disjoint from the training randomizer's: `DomainRandomizer.split`).
 
-**Token layout.** A conversation after its prompt is ``max_turns`` blocks of
-``turn_tokens`` agent slots then ``reply_tokens`` reply slots (the last reply
-dropped): ``completion_length = max_turns * (N + R) - R``. Each reply block is
-``"\\n<|im_start|>{role}\\n{content}<|im_end|>\\n<|im_start|>assistant\\n"``
-right-padded with mask 0; unused agent slots are mask 0 too. The model attends
-only to mask-1 tokens and counts positions over them, so the padding is
-invisible: the real tokens read exactly as `agents.tokenize_trajectory` renders
-the conversation (checked in the tests), and ``loss_mask`` is 1 exactly on the
-agent's tokens (content and its ``<|im_end|>``).
+**Token layout.** While a conversation is played, it is ``max_turns`` blocks
+of ``turn_tokens`` (N) agent slots then ``reply_tokens`` (R) reply slots (the
+last reply dropped): ``completion_length = max_turns * (N + R) - R``. Each reply
+is ``"\\n<|im_start|>{role}\\n{content}<|im_end|>\\n<|im_start|>assistant\\n"``;
+unused slots are masked. The model attends only to mask-1 tokens and counts
+positions over them, so the padding is invisible while sampling. `Conversations`
+then packs each row (real tokens first, padding at the end): the real tokens
+read exactly as `agents.tokenize_trajectory` renders the conversation (checked
+in the tests), ``loss_mask`` is 1 exactly on the agent's tokens (content and
+its ``<|im_end|>``), and `lm.completion_logprobs` (which predicts each token
+from the column before it) scores them as the sampler did.
 
 Parsing is exact on the canonical tokenization (``tokenizer.encode`` of the
 command); tokenizers whose digits are not single tokens, or that merge a
@@ -141,14 +143,17 @@ class StepInfo(NamedTuple):
 
 
 class Conversations(NamedTuple):
-    """A batch of whole conversations ``[B, ...]`` in the env's token layout.
+    """A batch of whole conversations ``[B, ...]``.
 
     ``tokens``/``mask``/``loss_mask``/``logprobs``: ``[B, C]`` after the prompt
-    (``C = env.completion_length``); ``mask`` is 1 on every real token (agent,
-    user, tool), ``loss_mask`` on the agent's tokens only; ``logprobs`` are the
-    sampler's on agent tokens (0 elsewhere and for the expert). ``actions``,
-    ``args``, ``reply_kinds``: ``[B, T]`` per agent turn (``reply_kind`` none
-    after the end); ``rewards``/``success``/``num_turns``: ``[B]``.
+    (``C = env.completion_length``), packed: each row's real tokens in order,
+    then padding; ``mask`` is 1 on every real token (agent, user, tool),
+    ``loss_mask`` on the agent's tokens only; ``logprobs`` are the sampler's on
+    agent tokens (0 elsewhere and for the expert). ``agent_lengths`` /
+    ``reply_lengths`` ``[B, T]``: the real tokens of each agent turn and of the
+    reply that follows it (0 after the end). ``actions``, ``args``,
+    ``reply_kinds``: ``[B, T]`` per agent turn (``reply_kind`` none after the
+    end); ``rewards``/``success``/``num_turns``: ``[B]``.
     """
 
     scenarios: Scenarios
@@ -158,6 +163,8 @@ class Conversations(NamedTuple):
     mask: jax.Array
     loss_mask: jax.Array
     logprobs: jax.Array
+    agent_lengths: jax.Array
+    reply_lengths: jax.Array
     actions: jax.Array
     args: jax.Array
     reply_kinds: jax.Array
@@ -659,14 +666,23 @@ def _conversations(env, scenarios, prompt, turns, final_state, infos):
     def flat(x):
         return jnp.moveaxis(x, 0, 1).reshape(b, t * (n + r))[:, : env.completion_length]
 
+    # Packed: each row's real tokens first, in order, padding at the end (the
+    # layout `lm.completion_logprobs` scores, which reads the previous column).
+    order = jnp.argsort(1 - flat(mask), axis=-1, stable=True)
+
+    def packed(x):
+        return jnp.take_along_axis(flat(x), order, -1)
+
     return Conversations(
         scenarios=scenarios,
         prompt_tokens=prompt[0],
         prompt_mask=prompt[1],
-        tokens=flat(tokens),
-        mask=flat(mask),
-        loss_mask=flat(loss_mask),
-        logprobs=flat(logp),
+        tokens=jnp.where(packed(mask) > 0, packed(tokens), env.pad_id),
+        mask=packed(mask),
+        loss_mask=packed(loss_mask),
+        logprobs=packed(logp),
+        agent_lengths=agent_mask.sum(-1).T,
+        reply_lengths=reply_mask.sum(-1).T,
         actions=infos.action.T,
         args=infos.arg.T,
         reply_kinds=infos.reply_kind.T,
@@ -711,7 +727,6 @@ def to_trajectories(
     reward is the success, the trajectory's metadata the order's record."""
     c = jax.tree.map(np.asarray, conversations)
     template = env.tokenizer.chat_template
-    n, r = env.turn_tokens, env.reply_tokens
     stops = set(env.stop_tokens)
     out = []
     for i in range(len(c.rewards)):
@@ -719,13 +734,14 @@ def to_trajectories(
         persona = env.personas[int(c.scenarios.persona[i])]
         topic = env.topics[int(c.scenarios.topic[i])]
         turns = [Turn("user", f"{persona} {topic}")]
+        pos = 0
         for t in range(env.max_turns):
-            start = t * (n + r)
-            ids = c.tokens[i, start : start + n]
-            m = c.mask[i, start : start + n]
-            if m.sum() == 0:
+            a_len = int(c.agent_lengths[i, t])
+            r_len = int(c.reply_lengths[i, t])
+            if a_len == 0:
                 break
-            real = ids[m > 0]
+            real = c.tokens[i, pos : pos + a_len]
+            pos += a_len
             truncated = not any(int(x) in stops for x in real)
             content = [x for x in real if int(x) not in stops]
             action = int(c.actions[i, t])
@@ -741,11 +757,10 @@ def to_trajectories(
                 )
             )
             kind = int(c.reply_kinds[i, t])
-            if kind == NONE or start + n >= c.tokens.shape[1]:
+            if kind == NONE or r_len == 0:
                 continue
-            reply = c.tokens[i, start + n : start + n + r][
-                c.mask[i, start + n : start + n + r] > 0
-            ]
+            reply = c.tokens[i, pos : pos + r_len]
+            pos += r_len
             text = env.tokenizer.decode([int(x) for x in reply])
             role = "user" if kind >= USER else "tool"
             head = f"\n{template.start}{role}\n"
