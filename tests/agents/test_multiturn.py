@@ -214,3 +214,26 @@ def test_bad_input_raises(env, model_config, params):
         mt.train(params, env)
     with pytest.raises(ValueError, match="unknown GRPOConfig"):
         mt.train((params, model_config), env, learning_rat=1.0)
+
+
+@pytest.mark.parametrize("loss", ["dr_grpo", "gspo"])
+def test_other_group_losses_learn_on_the_same_conversations(
+    env, model_config, sampled, loss
+):
+    state, conv, _ = sampled
+    config = llm.GRPOConfig(loss=loss, num_prompts=2, group_size=4, learning_rate=1e-3)
+    program = mt.make_multiturn_grpo(config, model_config, env)
+    rewards = jnp.asarray([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    new_state, metrics = program.learn(state, conv, rewards)
+    assert np.isfinite(float(metrics["policy_loss"]))
+    moved = [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(
+            jax.tree.leaves(state.params),
+            jax.tree.leaves(new_state.params),
+            strict=True,
+        )
+    ]
+    assert all(moved)
+    with pytest.raises(ValueError, match="rewards must be"):
+        program.learn(state, conv, rewards[:1])
