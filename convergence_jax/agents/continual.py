@@ -450,30 +450,55 @@ def lwf_kl(logits, frozen_logits, weight, temperature=1.0) -> jax.Array:
     return t**2 * (kl * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
-def lwf_loss(params, frozen_params, config: LMConfig, batch: SFTBatch, temperature=1.0):
-    """`lwf_kl` of ``params`` against ``frozen_params`` on ``batch``'s trained
-    tokens: the logits at ``t`` where ``loss_mask[t + 1] > 0``."""
+LWF_POSITIONS = ("trained", "all")
+
+
+def lwf_loss(
+    params, frozen_params, config: LMConfig, batch: SFTBatch, temperature=1.0,
+    positions: str = "trained",
+):  # fmt: skip
+    """`lwf_kl` of ``params`` against ``frozen_params`` on ``batch``: at the
+    trained tokens (``positions="trained"``: the logits at ``t`` where
+    ``loss_mask[t + 1] > 0``) or at every real next token (``"all"``: where
+    ``mask[t + 1] > 0``, the prompt's positions too)."""
+    if positions not in LWF_POSITIONS:
+        raise ValueError(f"positions must be one of {LWF_POSITIONS}, got {positions!r}")
     tokens, mask, loss_mask = batch
     logits, _ = forward(params, config, tokens, mask)
     frozen, _ = forward(frozen_params, config, tokens, mask)
-    weight = loss_mask[:, 1:] > 0
+    weight = (loss_mask if positions == "trained" else mask)[:, 1:] > 0
     return lwf_kl(logits[:, :-1], frozen[:, :-1], weight, temperature)
 
 
-def sequence_logprob(params, config: LMConfig, tokens, mask, loss_mask) -> jax.Array:
-    """``sum_t w_t log p(tokens[t + 1] | tokens[:t + 1])`` of one row ``[T]``
-    (``w_t = loss_mask[t + 1]``): the log-likelihood of the data's targets."""
+def sequence_logprob(
+    params, config: LMConfig, tokens, mask, loss_mask, key=None
+) -> jax.Array:
+    """``sum_t w_t log p(y_t | tokens[:t + 1])`` of one row ``[T]`` (``w_t =
+    loss_mask[t + 1]``): with ``key`` None, ``y_t = tokens[t + 1]`` (the data's
+    targets); with a key, ``y_t`` drawn from the model's own ``p(. | tokens[:t +
+    1])`` at every trained position (the prefix stays the data's)."""
     chex.assert_rank([tokens, mask, loss_mask], 1)
     logits, _ = forward(params, config, tokens[None], mask[None])
     logp = jax.nn.log_softmax(logits[0, :-1], axis=-1)
-    picked = jnp.take_along_axis(logp, tokens[1:, None], axis=-1)[:, 0]
+    targets = tokens[1:]
+    if key is not None:
+        targets = jax.random.categorical(key, jax.lax.stop_gradient(logp), axis=-1)
+    picked = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
     return (picked * (loss_mask[1:] > 0)).sum()
 
 
-def fisher_diagonal(params, config: LMConfig, rows: SFTBatch, chunk: int = 64):
-    """The empirical diagonal Fisher ``mean_n (grad log p(y_n | x_n))**2`` over
-    the rows ``[N, T]`` of ``rows`` (per-example gradients, ``chunk`` rows at a
-    time; ``N`` must be a multiple of ``chunk``). A pytree like ``params``."""
+FISHER_TARGETS = ("data", "model")
+
+
+def fisher_diagonal(
+    params, config: LMConfig, rows: SFTBatch, chunk: int = 64, key=None
+):  # fmt: skip
+    """The diagonal Fisher ``mean_n (grad log p(y_n | x_n))**2`` over the rows
+    ``[N, T]`` of ``rows`` (per-example gradients, ``chunk`` rows at a time; ``N``
+    must be a multiple of ``chunk``), a pytree like ``params``. ``key`` None: the
+    data's targets (the empirical Fisher); a key: targets sampled from the model
+    at each trained position (`sequence_logprob`; the Fisher itself, in
+    expectation — cross terms between positions have mean zero)."""
     tokens = rows[0]
     n = tokens.shape[0]
     chunk = min(int(chunk), n)
@@ -481,15 +506,22 @@ def fisher_diagonal(params, config: LMConfig, rows: SFTBatch, chunk: int = 64):
         raise ValueError(
             f"fisher_diagonal: {n} rows is not a multiple of chunk {chunk}"
         )
-    per_example = jax.vmap(jax.grad(sequence_logprob), in_axes=(None, None, 0, 0, 0))
     split = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), rows)
+    grad = jax.grad(sequence_logprob)
+    if key is None:
+        per_example = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))
+        parts = split
+    else:
+        per_example = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))
+        keys = jax.random.split(key, n).reshape(n // chunk, chunk)
+        parts = (*split, keys)
 
     def body(total, part):
         grads = per_example(params, config, *part)
         return jax.tree.map(lambda t, g: t + (g**2).sum(0), total, grads), None
 
     zero = jax.tree.map(jnp.zeros_like, params)
-    total, _ = jax.lax.scan(body, zero, split)
+    total, _ = jax.lax.scan(body, zero, parts)
     return jax.tree.map(lambda t: t / n, total)
 
 
@@ -555,7 +587,7 @@ class Continual(NamedTuple):
 
 def continual_penalty(
     method: str, params, state: ContinualState, hparams: ContinualHParams,
-    config: LMConfig, batch: SFTBatch,
+    config: LMConfig, batch: SFTBatch, lwf_positions: str = "trained",
 ) -> jax.Array:  # fmt: skip
     """The regularizer of ``method`` after a switch: ``lwf`` -> `lwf_loss`
     against ``state.anchor`` times ``lwf_beta``; ``ewc`` -> `ewc_penalty`;
@@ -563,8 +595,9 @@ def continual_penalty(
     _check_method(method)
     if method == "lwf":
         return hparams.lwf_beta * lwf_loss(
-            params, state.anchor, config, batch, hparams.lwf_temperature
-        )
+            params, state.anchor, config, batch, hparams.lwf_temperature,
+            lwf_positions,
+        )  # fmt: skip
     if method == "ewc":
         return ewc_penalty(params, state.anchor, state.fisher, hparams.ewc_lambda)
     return jnp.zeros((), jnp.float32)
@@ -586,6 +619,8 @@ def make_continual(
     replay_balanced: bool = True,
     fisher_examples: int = 256,
     fisher_chunk: int = 64,
+    fisher_targets: str = "data",
+    lwf_positions: str = "trained",
     seq_len: int | None = None,
 ) -> Continual:
     """The continual program (see the module docstring).
@@ -602,12 +637,24 @@ def make_continual(
         replay_balanced: draw replay rows balanced by task (else uniform).
         fisher_examples: rows of the task just left behind EWC's Fisher.
         fisher_chunk: rows per per-example-gradient chunk of the Fisher.
+        fisher_targets: EWC's Fisher from the data's targets (``"data"``, the
+            empirical Fisher) or from the model's own samples (``"model"``).
+        lwf_positions: where LwF's KL is taken, ``"trained"`` (the new task's
+            trained tokens) or ``"all"`` (every real position of its rows).
         seq_len: common row length (default: the longest source).
 
     Raises ``ValueError`` before compiling for an unknown method, a bad schedule,
     sizes < 1, a source longer than ``seq_len`` or than the model's positions.
     """
     _check_method(method)
+    if fisher_targets not in FISHER_TARGETS:
+        raise ValueError(
+            f"fisher_targets must be one of {FISHER_TARGETS}, got {fisher_targets!r}"
+        )
+    if lwf_positions not in LWF_POSITIONS:
+        raise ValueError(
+            f"lwf_positions must be one of {LWF_POSITIONS}, got {lwf_positions!r}"
+        )
     if not isinstance(model_config, LMConfig):
         raise ValueError(
             f"model_config must be an LMConfig, got {type(model_config).__name__}"
@@ -689,12 +736,13 @@ def make_continual(
             previous = schedule[phase - 1].task
             # Apart from the training stream fold_in(key, step), step < 2**30.
             key = jax.random.fold_in(state.key, 2**30 + phase)
-            rows = draw(previous, key, int(fisher_examples))
-            fisher = jax.tree.map(
-                jnp.add,
-                fisher,
-                fisher_diagonal(state.params, model_config, rows, int(fisher_chunk)),
-            )
+            k_rows, k_targets = jax.random.split(key)
+            rows = draw(previous, k_rows, int(fisher_examples))
+            fresh = fisher_diagonal(
+                state.params, model_config, rows, int(fisher_chunk),
+                None if fisher_targets == "data" else k_targets,
+            )  # fmt: skip
+            fisher = jax.tree.map(jnp.add, fisher, fresh)
         return state.replace(anchor=state.params, fisher=fisher)
 
     # Tasks of the phases before each phase, other than its own: what replay draws.
@@ -707,7 +755,9 @@ def make_continual(
     def penalty(params, state, hparams, batch, phase: int):
         if _phase(phase) == 0:
             return jnp.zeros((), jnp.float32)
-        return continual_penalty(method, params, state, hparams, model_config, batch)
+        return continual_penalty(
+            method, params, state, hparams, model_config, batch, lwf_positions
+        )
 
     def loss(params, state, hparams, batch, phase: int):
         nll, metrics = sft_loss(params, model_config, batch)

@@ -1,0 +1,406 @@
+"""The forgetting bar of `convergence_jax.agents.continual`: train task A, then task
+B, and measure how much of A each method keeps.
+
+    python benchmarks/continual_forgetting.py            # the committed run
+    python benchmarks/continual_forgetting.py --steps-b 300 --seeds 1
+
+One model and one phase A for every method: a 2-layer, width-64 transformer
+(`llm.AdditionWarmup`'s shape: 4 heads, rotary base 100, ByteTokenizer) trained
+with SFT on task A for ``steps_a`` steps, 3 vmapped seeds. From that state each
+method trains ``steps_b`` steps on task B: plain sequential fine-tuning, replay
+(a fraction ``replay_ratio`` of each batch from A's ring buffer), LwF (KL to the
+policy frozen at the switch, weight ``beta``) and EWC (diagonal Fisher of A,
+weight ``lambda``; ``ewc`` from the data's targets, ``ewc_model`` from the model's
+own samples). Each method's number is swept over a grid, every value
+and seed vmapped in one compiled program; the value reported is chosen on
+*validation* problems (``fold_in(eval_key(0), 1)``): among the values where every
+seed reaches task B's level on validation, the one with the smallest mean drop of
+A; the figures reported are held-out (``llm.eval_key(0)``, a stream no training
+or selection step draws).
+
+The bar: for replay, LwF and EWC (either Fisher), in every seed, the drop of A's
+held-out greedy exact match is at most half the drop of sequential fine-tuning in
+that seed, and B's held-out exact match reaches ``b_level``. Writes
+``benchmarks/results/continual_forgetting.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+sys.path.insert(0, str(ROOT))
+from _machine import machine_info  # noqa: E402
+
+from convergence_jax import llm, lm  # noqa: E402
+from convergence_jax.agents import continual  # noqa: E402
+
+METHODS = ("sequential", "replay", "lwf", "ewc", "ewc_model")
+"""``ewc``: EWC with the empirical Fisher (the data's targets); ``ewc_model``: with
+the model's own samples as targets."""
+FIELD = {
+    "replay": "replay_ratio",
+    "lwf": "lwf_beta",
+    "ewc": "ewc_lambda",
+    "ewc_model": "ewc_lambda",
+}
+
+
+@dataclass(frozen=True)
+class Args:
+    """The forgetting bar: task A, then task B, every method from the same A."""
+
+    task_a: str = "sorting4"
+    """Task A: one of ``TASKS``."""
+    task_b: str = "reverse4"
+    """Task B: one of ``TASKS``."""
+    steps_a: int = 800
+    """SFT steps on task A."""
+    steps_b: int = 1000
+    """Steps on task B (every method)."""
+    seeds: int = 3
+    """Seeds, vmapped."""
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    """AdamW step size (both phases, 50 warmup steps at the start of A)."""
+    replay_ratios: tuple[float, ...] = (0.25, 0.5)
+    lwf_betas: tuple[float, ...] = (0.25, 1.0)
+    lwf_temperature: float = 2.0
+    """LwF temperature (Li & Hoiem used 2)."""
+    ewc_lambdas: tuple[float, ...] = (300.0, 1000.0, 3000.0)
+    """EWC with the empirical Fisher."""
+    ewc_model_lambdas: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
+    """EWC with the Fisher of the model's own samples."""
+    a_level: float = 0.9
+    """Task A must reach this held-out exact match in every seed before B."""
+    b_level: float = 0.9
+    """Task B must reach this held-out exact match (every seed, every method)."""
+    eval_problems: int = 512
+    out: str = "continual_forgetting"
+    """Result file stem under benchmarks/results/ (the test writes elsewhere)."""
+    out_dir: str = ""
+    """Directory of the results (default: benchmarks/results)."""
+    hidden_size: int = 64
+    num_layers: int = 2
+    methods: tuple[str, ...] = METHODS
+    """Methods to run; sequential (the reference) first."""
+
+
+TOKENIZER = lm.ByteTokenizer()
+TASKS = {
+    "sorting4": lambda: llm.tasks.sorting(4, TOKENIZER),
+    "sorting3": lambda: llm.tasks.sorting(3, TOKENIZER),
+    "reverse4": lambda: llm.tasks.reverse(4, TOKENIZER, alphabet="abcdefgh"),
+    "reverse3": lambda: llm.tasks.reverse(3, TOKENIZER, alphabet="abcdefgh"),
+    "copy4": lambda: llm.tasks.copy(4, TOKENIZER, alphabet="abcdefgh"),
+    "addition2": lambda: llm.tasks.addition(2, TOKENIZER),
+}
+
+
+def model_config(args: Args) -> lm.LMConfig:
+    heads = 4
+    return lm.LMConfig(
+        vocab_size=TOKENIZER.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=args.hidden_size // heads,
+        rope_theta=100.0,
+        max_position_embeddings=64,
+        eos_token_id=TOKENIZER.eos_id,
+        pad_token_id=TOKENIZER.pad_id,
+    )
+
+
+def grid(args: Args, method: str) -> tuple[float, ...]:
+    return {
+        "sequential": (0.0,),
+        "replay": args.replay_ratios,
+        "lwf": args.lwf_betas,
+        "ewc": args.ewc_lambdas,
+        "ewc_model": args.ewc_model_lambdas,
+    }[method]
+
+
+def hparams_of(args: Args, method: str, values) -> continual.ContinualHParams:
+    sft = llm.SFTHParams.create(learning_rate=args.learning_rate, warmup_steps=50)
+
+    def one(v):
+        kwargs = {"lwf_temperature": args.lwf_temperature}
+        if method in FIELD:
+            kwargs[FIELD[method]] = v
+        return continual.ContinualHParams.create(sft=sft, **kwargs)
+
+    return jax.vmap(one)(jnp.asarray(values, jnp.float32))
+
+
+def run(args: Args) -> dict:
+    task_a, task_b = TASKS[args.task_a](), TASKS[args.task_b]()
+    config = model_config(args)
+    schedule = [(0, args.steps_a), (1, args.steps_b)]
+    programs = {
+        m: continual.make_continual(
+            config, [task_a, task_b], schedule,
+            method="ewc" if m == "ewc_model" else m, batch_size=args.batch_size,
+            fisher_targets="model" if m == "ewc_model" else "data",
+        )
+        for m in args.methods
+    }  # fmt: skip
+    keys = {"held_out": llm.eval_key(0), "validation": jax.random.fold_in(
+        llm.eval_key(0), 1)}  # fmt: skip
+    n = args.eval_problems
+
+    def scores(params):  # one model -> {split: (A, B)}
+        return {
+            split: jnp.stack(
+                [
+                    llm.evaluate(k, params, config, t, n)["exact_match"]
+                    for t in (task_a, task_b)
+                ]
+            )  # fmt: skip
+            for split, k in keys.items()
+        }
+
+    seeds = jnp.stack([jax.random.key(s) for s in range(args.seeds)])
+    hp_a = hparams_of(args, "sequential", [0.0])
+    hp_a = jax.tree.map(lambda x: x[0], hp_a)
+    start = time.perf_counter()
+    state = jax.vmap(programs["sequential"].init)(seeds)
+    state, metrics_a = jax.jit(
+        jax.vmap(lambda s: programs["sequential"].run_phase(s, hp_a, 0))
+    )(state)
+    before = jax.jit(jax.vmap(scores))(state.params)
+    jax.block_until_ready(before)
+    seconds_a = time.perf_counter() - start
+    a_before = np.asarray(before["held_out"][:, 0])
+    print(f"A after phase A: {np.round(a_before, 3)} ({seconds_a:.0f} s)", flush=True)
+
+    methods = {}
+    for method in args.methods:
+        values = grid(args, method)
+        hparams = hparams_of(args, method, values)
+        program = programs[method]
+        phase_b = jax.jit(
+            jax.vmap(  # over values
+                jax.vmap(
+                    lambda s, h, p=program: p.run_phase(s, h, 1), in_axes=(0, None)
+                ),
+                in_axes=(None, 0),
+            )
+        )
+        start = time.perf_counter()
+        out, metrics = phase_b(state, hparams)
+        after = jax.jit(jax.vmap(jax.vmap(scores)))(out.params)  # [V, S, 2]
+        jax.block_until_ready(after)
+        seconds = time.perf_counter() - start
+        val = np.asarray(after["validation"])
+        test = np.asarray(after["held_out"])
+        val_before = np.asarray(before["validation"][:, 0])
+        val_drop = val_before[None] - val[..., 0]  # [V, S]
+        reaches = (val[..., 1] >= args.b_level).all(-1)
+        if reaches.any():
+            chosen = int(np.argmin(np.where(reaches, val_drop.mean(-1), np.inf)))
+        else:  # none reaches B: report the one that learns B best
+            chosen = int(np.argmax(val[..., 1].mean(-1)))
+        methods[method] = {
+            "field": FIELD.get(method),
+            "values": list(values),
+            "chosen": values[chosen],
+            "chosen_reaches_b_on_validation": bool(reaches[chosen]),
+            "seconds": seconds,
+            "a_after": test[chosen, :, 0].tolist(),
+            "b_after": test[chosen, :, 1].tolist(),
+            "a_drop": (a_before - test[chosen, :, 0]).tolist(),
+            "sweep": {
+                "held_out_a": test[..., 0].tolist(),
+                "held_out_b": test[..., 1].tolist(),
+                "validation_a": val[..., 0].tolist(),
+                "validation_b": val[..., 1].tolist(),
+            },
+            "final_sft_loss": np.asarray(
+                metrics["sft_loss"][:, :, -20:].mean(-1)
+            ).tolist(),
+        }
+        print(
+            f"{method}: values {values} -> held-out A {np.round(test[..., 0], 3)}, "
+            f"B {np.round(test[..., 1], 3)}; chosen {values[chosen]} "
+            f"({seconds:.0f} s)",
+            flush=True,
+        )
+    seq_drop = np.asarray(methods["sequential"]["a_drop"])
+    for method, r in methods.items():
+        drop = np.asarray(r["a_drop"])
+        b_ok = bool((np.asarray(r["b_after"]) >= args.b_level).all())
+        r["b_reached"] = b_ok
+        if method != "sequential":
+            r["drop_over_sequential"] = (drop / np.maximum(seq_drop, 1e-9)).tolist()
+            r["bar_met"] = bool((drop <= 0.5 * seq_drop).all() and b_ok)
+    return {
+        "a_before": a_before.tolist(),
+        "a_reached": bool((a_before >= args.a_level).all()),
+        "seconds_phase_a": seconds_a,
+        "final_sft_loss_a": np.asarray(
+            metrics_a["sft_loss"][:, -20:].mean(-1)
+        ).tolist(),
+        "methods": methods,
+    }
+
+
+def plot(path: Path, result: dict, args: Args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    x = np.arange(len(args.methods))
+    before = np.asarray(result["a_before"])
+    for i, method in enumerate(args.methods):
+        r = result["methods"][method]
+        for j, (label, values) in enumerate(
+            (("A before", before), ("A after", r["a_after"]), ("B after", r["b_after"]))
+        ):
+            v = 100 * np.asarray(values)
+            color = ("tab:gray", "tab:red", "tab:blue")[j]
+            ax.bar(x[i] + (j - 1) * 0.27, v.mean(), 0.25, color=color,
+                   label=label if i == 0 else None)  # fmt: skip
+            ax.plot([x[i] + (j - 1) * 0.27] * len(v), v, "k.", ms=3)
+    ax.set_xticks(x, list(args.methods))
+    ax.set_ylabel("held-out greedy exact match (%)")
+    ax.set_title(
+        f"{args.task_a} then {args.task_b}: mean of {args.seeds} seeds (dots: seeds)",
+        fontsize=10,
+    )
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(result: dict, args: Args, machine: dict, load: float) -> str:
+    def pct(values):
+        return " / ".join(f"{100 * v:.1f}" for v in values)
+
+    rows = []
+    for method in args.methods:
+        r = result["methods"][method]
+        setting = "-" if r["field"] is None else f"{r['field']} = {r['chosen']:g}"
+        ratio = (
+            "-"
+            if method == "sequential"
+            else " / ".join(f"{v:.2f}" for v in r["drop_over_sequential"])
+        )
+        bar = "-" if method == "sequential" else ("yes" if r["bar_met"] else "**no**")
+        rows.append(
+            f"| {method} | {setting} | {pct(r['a_after'])} | {pct(r['a_drop'])} | "
+            f"{ratio} | {pct(r['b_after'])} | {bar} | {r['seconds']:.0f} |"
+        )
+    sweeps = []
+    for method in args.methods[1:]:
+        r = result["methods"][method]
+        for v, a, b, va, vb in zip(
+            r["values"], *(r["sweep"][k] for k in ("held_out_a", "held_out_b",
+                                                   "validation_a", "validation_b")),
+            strict=True,
+        ):  # fmt: skip
+            sweeps.append(
+                f"| {method} | {r['field']} = {v:g} | {pct(va)} | {pct(vb)} | "
+                f"{pct(a)} | {pct(b)} |"
+            )
+    return "\n".join([
+        f"# Continual forgetting: {args.task_a} then {args.task_b}, "
+        f"{args.seeds} vmapped seeds",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, CPU only; 1-minute "
+        f"load {machine['load_average_start']:.2f} at the start, {load:.2f} at the "
+        "end. Written by `benchmarks/continual_forgetting.py`.",
+        "",
+        f"Setup: {args.num_layers}-layer transformer, width {args.hidden_size}, 4 "
+        "heads, rotary base 100, ByteTokenizer. Phase A: SFT on "
+        f"{args.task_a} for {args.steps_a} steps (AdamW {args.learning_rate:g}, "
+        f"batch {args.batch_size}), the same run for every method. Phase B: "
+        f"{args.steps_b} steps on {args.task_b}, same optimizer (its moments "
+        "continue), per method. Replay: a fraction of every batch from task A's ring "
+        "(2048 rows, the last A batches), balanced by task. LwF: KL(frozen || "
+        f"current) at temperature {args.lwf_temperature:g} on B's trained tokens. "
+        "EWC: diagonal Fisher of 256 A rows at the switch, squared per-example "
+        "gradients of the log-likelihood of the data's targets (`ewc`, the "
+        "empirical Fisher) or of targets sampled from the model (`ewc_model`). "
+        "Scores: "
+        f"greedy exact match on {args.eval_problems} held-out problems "
+        "(`llm.eval_key(0)`); each method's number chosen on validation problems "
+        f"(`fold_in(eval_key(0), 1)`): smallest mean A drop among the values where "
+        f"every seed reaches B >= {100 * args.b_level:.0f}%.",
+        "",
+        f"Task A after phase A (held-out, seeds 0/1/2): {pct(result['a_before'])}% "
+        f"(level {100 * args.a_level:.0f}%: "
+        f"{'reached' if result['a_reached'] else '**not reached**'}; "
+        f"{result['seconds_phase_a']:.0f} s with compile).",
+        "",
+        "Bar: A's drop at most half of sequential's, seed by seed, and B >= "
+        f"{100 * args.b_level:.0f}% held-out, for replay, LwF and EWC.",
+        "",
+        "| method | setting | A after (%) | A drop (points) | drop / sequential's "
+        "| B after (%) | bar met | seconds (sweep, with compile) |",
+        "|---|---|---|---|---|---|---|---:|",
+        *rows,
+        "",
+        "Every value tried (all seeds; validation chose, held-out reported):",
+        "",
+        "| method | value | validation A (%) | validation B (%) | held-out A (%) | "
+        "held-out B (%) |",
+        "|---|---|---|---|---|---|",
+        *sweeps,
+        "",
+        "![bars](continual_forgetting.png)",
+    ]) + "\n"  # fmt: skip
+
+
+def main(args: Args) -> dict:
+    if not args.methods or args.methods[0] != "sequential":
+        raise ValueError("methods must start with 'sequential' (the reference)")
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; from {METHODS}")
+    for name in (args.task_a, args.task_b):
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; one of {sorted(TASKS)}")
+    machine = machine_info()
+    start = time.perf_counter()
+    result = run(args)
+    load = os.getloadavg()[0]
+    result = {
+        "machine": machine,
+        "args": dataclasses.asdict(args),
+        "load_at_end": load,
+        "seconds_total": time.perf_counter() - start,
+        **result,
+    }
+    out_dir = Path(args.out_dir) if args.out_dir else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{args.out}.json").write_text(json.dumps(result, indent=2))
+    md = markdown(result, args, machine, load)
+    (out_dir / f"{args.out}.md").write_text(md)
+    plot(out_dir / f"{args.out}.png", result, args)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
