@@ -56,10 +56,12 @@ The pieces (pure, safe under jit / vmap / scan):
       F_i = mean_n (d/d theta_i log p(y_n | x_n))**2,
 
   over ``fisher_examples`` rows of the task just left, with ``log p(y_n|x_n)``
-  the sum over the row's trained tokens of the log-likelihood of **the data's
-  targets** (the "empirical Fisher"; Kirkpatrick et al. used the model's own
-  samples — with a model trained to fit these targets the two are close, and the
-  data's targets make it deterministic), and the penalty
+  the sum over the row's trained tokens of the log-likelihood of the targets:
+  ``fisher_targets="data"`` (the default) takes **the data's targets** (the
+  "empirical Fisher", deterministic), ``"model"`` draws each target token from
+  the model's own distribution at that position, the data's prefix kept (the
+  Fisher itself in expectation, as Kirkpatrick et al.; the empirical one shrinks
+  as the model fits the data — Kunstner et al., 2019), and the penalty
 
       L_ewc = lambda / 2 * sum_i F_i (theta_i - theta*_i)**2.
 
