@@ -6,9 +6,10 @@ program, trajectory-level group advantages, the loss on the agent's tokens only.
     from convergence_jax.agents.task_env import customer_service_env
 
     env = customer_service_env(lm.ByteTokenizer())
-    sft = multiturn.make_multiturn_sft(model_config, env, num_demos=32)
+    sft = multiturn.make_multiturn_sft(model_config, env, num_demos=4096,
+                                       batch_size=32)
     warm = sft.init(key)                                  # random init + demos
-    warm, train_success = sft.run_until(warm, target=0.3, max_steps=2000)
+    warm, train_success = sft.run_until(warm, target=0.2, max_steps=2000)
 
     config = llm.GRPOConfig(loss="gspo", num_prompts=8, group_size=8,
                             learning_rate=3e-4)
@@ -44,7 +45,10 @@ credit (a value head with GAE over turns) is not implemented: ``vapo`` and
 demonstrations by the env's scripted expert (`expert_conversations`, the same
 token layout), trained with the masked next-token NLL on the agent's tokens
 (AdamW, `llm.sft.adamw_update`); ``run_until`` stops at a target greedy success
-on training scenarios.
+on training scenarios. Measured (2 layers, width 64, seed 0): with 32
+demonstrations the model memorizes them (loss 0.006 after 250 steps) and never
+copies an unseen order id (greedy success 0-1.6% up to 400 steps); with 4,096 it
+reaches 14% train / 12.5% held-out success after 200 steps of batch 32.
 
 `train` is the high-level entry point (profiles, orbax checkpoints, exact
 resume).
