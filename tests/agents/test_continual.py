@@ -181,26 +181,31 @@ def test_lwf_kl_matches_numpy_and_gradient():
     lp, lq = np_log_softmax(z / t), np_log_softmax(zf / t)
     kl = (np.exp(lq) * (lq - lp)).sum(-1)
     want = t**2 * (kl * w).sum() / w.sum()
-    np.testing.assert_allclose(float(lwf_kl(logits, frozen, weight, t)), want, 1e-5)
-    grad = jax.grad(lwf_kl)(logits, frozen, weight, t)
+    value, grad = jax.jit(jax.value_and_grad(lwf_kl))(logits, frozen, weight, t)
+    np.testing.assert_allclose(float(value), want, 1e-5)
     want_grad = t * (np.exp(lp) - np.exp(lq)) * w[..., None] / w.sum()
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-7)
     # no gradient flows into the frozen policy
-    frozen_grad = jax.grad(lwf_kl, argnums=1)(logits, frozen, weight, t)
+    frozen_grad = jax.jit(jax.grad(lwf_kl, argnums=1))(logits, frozen, weight, t)
     assert float(jnp.abs(frozen_grad).max()) == 0.0
 
 
 def test_lwf_zero_at_the_frozen_policy(params, rows):
-    value, grads = jax.value_and_grad(lwf_loss)(params, params, CONFIG, rows, 1.0)
+    value_and_grad = jax.jit(jax.value_and_grad(lwf_loss), static_argnums=2)
+    value, grads = value_and_grad(params, params, CONFIG, rows, 1.0)
     assert abs(float(value)) < 1e-6
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) < 1e-6
     other = init_params(jax.random.key(9), CONFIG)
-    moved, grads = jax.value_and_grad(lwf_loss)(params, other, CONFIG, rows, 1.0)
+    moved, grads = value_and_grad(params, other, CONFIG, rows, 1.0)
     assert float(moved) > 1e-3
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-5
 
 
 # --- replay ---------------------------------------------------------------------
+
+
+add = jax.jit(replay_add)
+sample = jax.jit(replay_sample, static_argnums=3, static_argnames="balanced")
 
 
 def _rows(task_id: int, n: int, length: int = 6) -> SFTBatch:
@@ -210,35 +215,35 @@ def _rows(task_id: int, n: int, length: int = 6) -> SFTBatch:
 
 def test_replay_ring_overwrites_oldest():
     buffer = replay_init(2, 8, 6)
-    buffer = replay_add(buffer, 1, _rows(1, 5))
-    buffer = replay_add(buffer, 1, _rows(1, 7))
+    buffer = add(buffer, 1, _rows(1, 5))
+    buffer = add(buffer, 1, _rows(1, 7))
     assert buffer.count.tolist() == [0, 8]
     assert int(buffer.cursor[1]) == 12 % 8
     # rows 0-4 of the first add, then 0-6 of the second: slots hold the last 8
     firsts = np.asarray(buffer.tokens[1, :, 0])
     assert sorted(firsts.tolist()) == sorted([4, 0, 1, 2, 3, 4, 5, 6])
-    big = replay_add(replay_init(1, 4, 6), 0, _rows(0, 10))
+    big = add(replay_init(1, 4, 6), 0, _rows(0, 10))
     assert sorted(np.asarray(big.tokens[0, :, 0]).tolist()) == [6, 7, 8, 9]
 
 
 def test_replay_sampling_balance_and_eligibility():
     buffer = replay_init(3, 512, 6)
-    buffer = replay_add(buffer, 0, _rows(0, 100))
-    buffer = replay_add(buffer, 1, _rows(1, 300))
-    buffer = replay_add(buffer, 2, _rows(2, 50))
+    buffer = add(buffer, 0, _rows(0, 100))
+    buffer = add(buffer, 1, _rows(1, 300))
+    buffer = add(buffer, 2, _rows(2, 50))
     eligible = jnp.asarray([True, True, False])
     key = jax.random.key(4)
-    batch, ids = replay_sample(key, buffer, eligible, 8000, balanced=True)
+    batch, ids = sample(key, buffer, eligible, 8000, balanced=True)
     ids = np.asarray(ids)
     assert set(ids.tolist()) <= {0, 1}
     assert abs((ids == 0).mean() - 0.5) < 0.03
     # each row really comes from its task's ring, within what was stored
     np.testing.assert_array_equal(np.asarray(batch.tokens[:, 1]), ids)
     assert np.asarray(batch.tokens[ids == 0, 0]).max() < 100
-    _, ids = replay_sample(key, buffer, eligible, 8000, balanced=False)
+    _, ids = sample(key, buffer, eligible, 8000, balanced=False)
     assert abs((np.asarray(ids) == 0).mean() - 0.25) < 0.03
     # nothing stored among the eligible tasks: empty rows, ids -1
-    empty, ids = replay_sample(key, replay_init(3, 4, 6), eligible, 4)
+    empty, ids = sample(key, replay_init(3, 4, 6), eligible, 4)
     assert np.asarray(ids).tolist() == [-1] * 4
     assert int(empty.loss_mask.sum()) == 0
 
