@@ -1,5 +1,9 @@
-"""Conversational agents: multi-turn trajectories with agent-token loss masks,
-JSONL files, and heuristic / composite / multi-objective rewards.
+"""Conversational agents: multi-turn trajectories with agent-token loss masks, rewards
+(heuristic, composite, multi-objective, a Bradley-Terry reward model, an LLM judge),
+agents over three backends with tools and plans, host-side conversations, a
+customer-service `TaskEnv` whose conversations compile into one program, multi-turn
+GRPO / GSPO on it, continual learning (replay, LwF, EWC), agent checkpoints and an
+OpenAI-compatible chat endpoint (``convergence-jax agents train / evaluate / serve``).
 
     from convergence_jax import agents, lm
 
@@ -12,9 +16,60 @@ JSONL files, and heuristic / composite / multi-objective rewards.
         [(agents.politeness_reward(), 1.0), (agents.length_reward(max_length=200), 1.0)]
     )
 
-See ``docs/agents.md``.
+The server (`agents.serve`), the command line (`agents.cli`, `agents.train`) are
+submodules, imported on use (they bring in FastAPI and uvicorn). See
+``docs/agents.md``.
 """
 
+from convergence_jax.agents.agent import (
+    Backend,
+    Completion,
+    JaxBackend,
+    MultiTurnAgent,
+    OpenAIBackend,
+    Plan,
+    StubBackend,
+    check_messages,
+)
+from convergence_jax.agents.continual import (
+    METHODS as CONTINUAL_METHODS,
+)
+from convergence_jax.agents.continual import (
+    Continual,
+    ContinualHParams,
+    ContinualState,
+    ReplayBuffer,
+    continual_penalty,
+    dataset_source,
+    evaluate_tasks,
+    ewc_penalty,
+    fisher_diagonal,
+    lwf_kl,
+    make_continual,
+    make_schedule,
+    task_source,
+)
+from convergence_jax.agents.conversation import (
+    ConversationEnv,
+    EpisodeReport,
+    Scenario,
+)
+from convergence_jax.agents.export import (
+    AgentCheckpointError,
+    load_agent,
+    load_chat_agent,
+    save_agent,
+)
+from convergence_jax.agents.judge import JudgeError, LLMJudge, parse_score
+from convergence_jax.agents.multiturn import (
+    PROFILES,
+    MultiTurnGRPO,
+    MultiTurnSFT,
+    make_multiturn_grpo,
+    make_multiturn_sft,
+    train,
+)
+from convergence_jax.agents.randomizer import DomainRandomizer, UserProfile
 from convergence_jax.agents.reward_model import (
     PreferenceData,
     RewardModelState,
@@ -48,6 +103,13 @@ from convergence_jax.agents.rewards import (
     score_trajectories,
     text_of,
 )
+from convergence_jax.agents.task_env import (
+    TaskEnv,
+    customer_service_env,
+    expert_conversations,
+    to_trajectories,
+)
+from convergence_jax.agents.tools import Tool, ToolAgent, parse_tool_calls
 from convergence_jax.agents.trajectory import (
     ROLES,
     MultiTurnTrajectory,
@@ -60,6 +122,53 @@ from convergence_jax.agents.trajectory import (
 )
 
 __all__ = [
+    "AgentCheckpointError",
+    "Backend",
+    "CONTINUAL_METHODS",
+    "Completion",
+    "Continual",
+    "ContinualHParams",
+    "ContinualState",
+    "ConversationEnv",
+    "DomainRandomizer",
+    "EpisodeReport",
+    "JaxBackend",
+    "JudgeError",
+    "LLMJudge",
+    "MultiTurnAgent",
+    "MultiTurnGRPO",
+    "MultiTurnSFT",
+    "OpenAIBackend",
+    "PROFILES",
+    "Plan",
+    "ReplayBuffer",
+    "Scenario",
+    "StubBackend",
+    "TaskEnv",
+    "Tool",
+    "ToolAgent",
+    "UserProfile",
+    "check_messages",
+    "continual_penalty",
+    "customer_service_env",
+    "dataset_source",
+    "evaluate_tasks",
+    "ewc_penalty",
+    "expert_conversations",
+    "fisher_diagonal",
+    "load_agent",
+    "load_chat_agent",
+    "lwf_kl",
+    "make_continual",
+    "make_multiturn_grpo",
+    "make_multiturn_sft",
+    "make_schedule",
+    "parse_score",
+    "parse_tool_calls",
+    "save_agent",
+    "task_source",
+    "to_trajectories",
+    "train",
     "PreferenceData",
     "RewardModelState",
     "RewardModelTrainer",
