@@ -42,40 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from flax.traverse_util import flatten_dict
 
 from convergence_jax.llm.sft import SFTHParams, adamw_update
 from convergence_jax.lm.config import LMConfig
-from convergence_jax.lm.model import Transformer, init_params
+from convergence_jax.lm.model import Transformer, check_params, init_params
 from convergence_jax.lm.tokenizer import pad_batch
 
 # --- the model ----------------------------------------------------------------
-
-
-def _trunk_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
-    shapes = jax.eval_shape(init_params, jax.random.key(0), config)
-    return {
-        "/".join(k): tuple(v.shape)
-        for k, v in flatten_dict(shapes).items()
-        if k[0] != "lm_head"
-    }
-
-
-def _check_trunk(config: LMConfig, trunk) -> None:
-    want = _trunk_shapes(config)
-    try:
-        got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten_dict(trunk).items()}
-    except (TypeError, AttributeError) as error:
-        raise ValueError(f"params must be a nested dict of arrays: {error}") from None
-    problems = [f"missing {k}" for k in want if k not in got]
-    problems += [f"unexpected {k}" for k in got if k not in want]
-    problems += [
-        f"{k} has shape {got[k]}, expected {want[k]}"
-        for k in want
-        if k in got and got[k] != want[k]
-    ]
-    if problems:
-        raise ValueError("params do not match the config: " + "; ".join(problems[:8]))
 
 
 def init_reward_model(key: jax.Array, config: LMConfig, params=None) -> dict:
@@ -94,7 +67,7 @@ def init_reward_model(key: jax.Array, config: LMConfig, params=None) -> dict:
     if params is None:
         params = init_params(key, config)
     trunk = {k: v for k, v in params.items() if k != "lm_head"}
-    _check_trunk(config, trunk)
+    check_params(config, trunk, exclude=("lm_head",))
     head = {
         "kernel": jnp.zeros((config.hidden_size, 1), jnp.float32),
         "bias": jnp.zeros((1,), jnp.float32),

@@ -309,10 +309,13 @@ def _param_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
     return {"/".join(k): tuple(v.shape) for k, v in flatten_dict(shapes).items()}
 
 
-def check_params(config: LMConfig, params) -> None:
+def check_params(config: LMConfig, params, exclude: tuple[str, ...] = ()) -> None:
     """Raise ``ValueError`` naming every parameter that is missing, extra or of the
-    wrong shape for ``config``."""
-    want = _param_shapes(config)
+    wrong shape for ``config``. ``exclude``: top-level entries left out of both
+    sides (a reward model's trunk is the model without ``lm_head``)."""
+    want = {
+        k: v for k, v in _param_shapes(config).items() if k.split("/")[0] not in exclude
+    }
     try:
         got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten_dict(params).items()}
     except (TypeError, AttributeError) as error:
