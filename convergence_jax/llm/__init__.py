@@ -10,7 +10,7 @@ task = llm.tasks.addition(num_digits=3, tokenizer=lm.ByteTokenizer())
 rewards = task.reward(completions, completion_mask, task.sample(key, 8))
 """
 
-from convergence_jax.llm import grpo, tasks
+from convergence_jax.llm import grpo, preference, tasks
 from convergence_jax.llm.advantages import (
     ADVANTAGES,
     batch_std_advantages,
@@ -46,6 +46,29 @@ from convergence_jax.llm.losses import (
     off_policy_mask,
     policy_loss,
     policy_loss_from_config,
+)
+from convergence_jax.llm.preference import (
+    ORPO_LOGP_CAP,
+    PREFERENCE_LOSSES,
+    REFERENCE_FREE,
+    PairLogProbs,
+    Preference,
+    PreferenceBatch,
+    PreferenceHParams,
+    PreferenceSplit,
+    PreferenceState,
+    SequenceLogProbs,
+    cdpo_loss,
+    dpo_loss,
+    ipo_loss,
+    make_preference,
+    orpo_loss,
+    pair_logprobs,
+    preference_loss,
+    robust_dpo_loss,
+    sequence_logprobs,
+    simpo_loss,
+    synthetic_preferences,
 )
 from convergence_jax.llm.sft import (
     SFT,
@@ -83,6 +106,28 @@ from convergence_jax.llm.value import (
 )
 
 __all__ = [
+    "ORPO_LOGP_CAP",
+    "PREFERENCE_LOSSES",
+    "REFERENCE_FREE",
+    "PairLogProbs",
+    "Preference",
+    "PreferenceBatch",
+    "PreferenceHParams",
+    "PreferenceSplit",
+    "PreferenceState",
+    "SequenceLogProbs",
+    "cdpo_loss",
+    "dpo_loss",
+    "ipo_loss",
+    "make_preference",
+    "orpo_loss",
+    "pair_logprobs",
+    "preference_loss",
+    "robust_dpo_loss",
+    "sequence_logprobs",
+    "simpo_loss",
+    "synthetic_preferences",
+    "preference",
     "SFT",
     "AdditionWarmup",
     "SFTHParams",
