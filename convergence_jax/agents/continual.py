@@ -50,6 +50,22 @@ The pieces (pure, safe under jit / vmap / scan):
   KL ``sum_v p*_v (log p*_v - log p_v)``, i.e. the distillation cross-entropy of
   Li & Hoiem less the teacher's entropy (a constant), so the same gradient;
   ``T**2`` keeps the gradient scale of Hinton et al. (2015) across temperatures.
+  ``lwf_targets="frozen"`` takes the KL on the frozen policy's *own*
+  continuations of the new task's inputs instead (`frozen_rollout`: the prompt
+  kept, each trained token drawn from ``p*`` given the drawn ones before it, up
+  to its stop token; a fresh draw every step):
+
+      y_n ~ p*(. | x_n),  c_nt = (x_n, y_n,<t),
+      L_lwf = beta * T**2 * sum_nt w_nt KL(p*_T(.|c_nt) || p_T(.|c_nt)) / sum w
+
+  (``w_nt``: the drawn tokens) — at ``T = 1``, a one-sample estimate of the
+  sequence-level KL ``KL(p*(Y|x) || p(Y|x))`` per token (the sequence-level
+  distillation of Kim & Rush, 2016, with the teacher's soft targets). Either
+  way LwF sees the new task's inputs only, never the old task's data (that
+  would be replay). With one output head shared by both tasks, the
+  teacher-forced form asks, at B's answer positions, for the old answer and
+  B's answer at once; the rollout form asks for the old behaviour on the
+  contexts the frozen policy itself produces.
 * **EWC** (Kirkpatrick et al., 2017, "Overcoming catastrophic forgetting in
   neural networks") — the diagonal Fisher at the switch,
 
@@ -453,22 +469,63 @@ def lwf_kl(logits, frozen_logits, weight, temperature=1.0) -> jax.Array:
 
 
 LWF_POSITIONS = ("trained", "all")
+LWF_TARGETS = ("data", "frozen")
+
+
+def frozen_rollout(
+    key, frozen_params, config: LMConfig, batch: SFTBatch, start: int = 0,
+    stop_token: int | None = None,
+) -> tuple[SFTBatch, jax.Array]:  # fmt: skip
+    """The frozen policy's own continuation of each row ``[B, T]``: every trained
+    token (``loss_mask > 0``) is replaced, left to right, by a token drawn from
+    ``p*(. | tokens[:t])`` with the earlier ones already replaced (the untrained
+    tokens — the prompt, a user's turns — stay the data's). One full forward of
+    the frozen model per column from ``start`` (static: the first column that can
+    be trained is ``start + 1``). Returns ``(rows, weight [B, T - 1])``: the rolled
+    rows and the positions whose next token the rollout drew, cut after the first
+    drawn ``stop_token`` of a row (what follows a finished answer is never
+    visited). No gradient flows through it."""
+    tokens, mask, loss_mask = batch
+    chex.assert_rank(tokens, 2)
+    frozen_params = jax.lax.stop_gradient(frozen_params)
+    length = tokens.shape[-1]
+    trained = loss_mask > 0
+
+    def body(t, carry):
+        tokens, done, weight = carry
+        logits, _ = forward(frozen_params, config, tokens, mask)
+        drawn = jax.random.categorical(jax.random.fold_in(key, t), logits[:, t])
+        here = trained[:, t + 1] & ~done
+        tokens = tokens.at[:, t + 1].set(jnp.where(here, drawn, tokens[:, t + 1]))
+        weight = weight.at[:, t].set(here)
+        if stop_token is not None:
+            done = done | (here & (drawn == stop_token))
+        return tokens, done, weight
+
+    done = jnp.zeros(tokens.shape[0], bool)
+    weight = jnp.zeros((tokens.shape[0], length - 1), bool)
+    tokens, _, weight = jax.lax.fori_loop(
+        int(start), length - 1, body, (tokens, done, weight)
+    )
+    return SFTBatch(tokens, mask, loss_mask), weight
 
 
 def lwf_loss(
     params, frozen_params, config: LMConfig, batch: SFTBatch, temperature=1.0,
-    positions: str = "trained",
+    positions: str = "trained", weight=None,
 ):  # fmt: skip
     """`lwf_kl` of ``params`` against ``frozen_params`` on ``batch``: at the
     trained tokens (``positions="trained"``: the logits at ``t`` where
     ``loss_mask[t + 1] > 0``) or at every real next token (``"all"``: where
-    ``mask[t + 1] > 0``, the prompt's positions too)."""
+    ``mask[t + 1] > 0``, the prompt's positions too); ``weight [B, T - 1]``, when
+    given, replaces both (e.g. `frozen_rollout`'s)."""
     if positions not in LWF_POSITIONS:
         raise ValueError(f"positions must be one of {LWF_POSITIONS}, got {positions!r}")
     tokens, mask, loss_mask = batch
     logits, _ = forward(params, config, tokens, mask)
     frozen, _ = forward(frozen_params, config, tokens, mask)
-    weight = (loss_mask if positions == "trained" else mask)[:, 1:] > 0
+    if weight is None:
+        weight = (loss_mask if positions == "trained" else mask)[:, 1:] > 0
     return lwf_kl(logits[:, :-1], frozen[:, :-1], weight, temperature)
 
 
@@ -590,15 +647,19 @@ class Continual(NamedTuple):
 def continual_penalty(
     method: str, params, state: ContinualState, hparams: ContinualHParams,
     config: LMConfig, batch: SFTBatch, lwf_positions: str = "trained",
+    lwf_rollout: tuple[SFTBatch, jax.Array] | None = None,
 ) -> jax.Array:  # fmt: skip
     """The regularizer of ``method`` after a switch: ``lwf`` -> `lwf_loss`
-    against ``state.anchor`` times ``lwf_beta``; ``ewc`` -> `ewc_penalty`;
-    ``sequential``/``replay`` -> 0. Add it to any loss of ``params``."""
+    against ``state.anchor`` times ``lwf_beta`` (on ``batch``, or, given
+    ``lwf_rollout = frozen_rollout(...)``, on the frozen policy's continuations
+    at its weights); ``ewc`` -> `ewc_penalty`; ``sequential``/``replay`` -> 0.
+    Add it to any loss of ``params``."""
     _check_method(method)
     if method == "lwf":
+        rows, weight = (batch, None) if lwf_rollout is None else lwf_rollout
         return hparams.lwf_beta * lwf_loss(
-            params, state.anchor, config, batch, hparams.lwf_temperature,
-            lwf_positions,
+            params, state.anchor, config, rows, hparams.lwf_temperature,
+            lwf_positions, weight,
         )  # fmt: skip
     if method == "ewc":
         return ewc_penalty(params, state.anchor, state.fisher, hparams.ewc_lambda)
@@ -623,6 +684,7 @@ def make_continual(
     fisher_chunk: int = 64,
     fisher_targets: str = "data",
     lwf_positions: str = "trained",
+    lwf_targets: str = "data",
     seq_len: int | None = None,
 ) -> Continual:
     """The continual program (see the module docstring).
@@ -642,7 +704,12 @@ def make_continual(
         fisher_targets: EWC's Fisher from the data's targets (``"data"``, the
             empirical Fisher) or from the model's own samples (``"model"``).
         lwf_positions: where LwF's KL is taken, ``"trained"`` (the new task's
-            trained tokens) or ``"all"`` (every real position of its rows).
+            trained tokens) or ``"all"`` (every real position of its rows);
+            with ``lwf_targets="frozen"``, the rollout's positions.
+        lwf_targets: the contexts of LwF's KL: ``"data"``, the new task's rows
+            as they are (teacher-forced on its targets); ``"frozen"``, the rows
+            with their trained tokens drawn from the frozen policy
+            (`frozen_rollout`, a fresh draw every step): the sequence-level KL.
         seq_len: common row length (default: the longest source).
 
     Raises ``ValueError`` before compiling for an unknown method, a bad schedule,
@@ -656,6 +723,10 @@ def make_continual(
     if lwf_positions not in LWF_POSITIONS:
         raise ValueError(
             f"lwf_positions must be one of {LWF_POSITIONS}, got {lwf_positions!r}"
+        )
+    if lwf_targets not in LWF_TARGETS:
+        raise ValueError(
+            f"lwf_targets must be one of {LWF_TARGETS}, got {lwf_targets!r}"
         )
     if not isinstance(model_config, LMConfig):
         raise ValueError(
@@ -754,16 +825,35 @@ def make_continual(
         for p in range(len(schedule))
     ]  # fmt: skip
 
-    def penalty(params, state, hparams, batch, phase: int):
-        if _phase(phase) == 0:
-            return jnp.zeros((), jnp.float32)
-        return continual_penalty(
-            method, params, state, hparams, model_config, batch, lwf_positions
+    # Rollouts start at the last column before any trained token can appear
+    # (a task's prompt block; 0 for a data set, whose layout is not known here).
+    rollout_start = min(
+        s.task.prompt_length - 1 if s.task is not None else 0 for s in sources
+    )
+    stop_token = model_config.eos_token_id
+
+    def rollout(state, batch, phase: int):
+        """The frozen policy's continuations for LwF (None: LwF on the rows)."""
+        if method != "lwf" or lwf_targets != "frozen" or _phase(phase) == 0:
+            return None
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 2**30 - 1), state.step)
+        return frozen_rollout(
+            key, state.anchor, model_config, batch, rollout_start, stop_token
         )
 
-    def loss(params, state, hparams, batch, phase: int):
+    def penalty(params, state, hparams, batch, phase: int, lwf_rollout=None):
+        if _phase(phase) == 0:
+            return jnp.zeros((), jnp.float32)
+        if lwf_rollout is None:
+            lwf_rollout = rollout(state, batch, phase)
+        return continual_penalty(
+            method, params, state, hparams, model_config, batch, lwf_positions,
+            lwf_rollout,
+        )  # fmt: skip
+
+    def loss(params, state, hparams, batch, phase: int, lwf_rollout=None):
         nll, metrics = sft_loss(params, model_config, batch)
-        reg = penalty(params, state, hparams, batch, phase)
+        reg = penalty(params, state, hparams, batch, phase, lwf_rollout)
         return nll + reg, {**metrics, "sft_loss": nll, "penalty": reg}
 
     def step(state: ContinualState, hparams: ContinualHParams, phase: int):
@@ -781,7 +871,7 @@ def make_continual(
             replayed = replay_rows(hparams.replay_ratio, batch_size)
             batch = mix_batches(fresh, old, replayed)
         (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
-            state.params, state, hparams, batch, phase
+            state.params, state, hparams, batch, phase, rollout(state, fresh, phase)
         )
         params, opt_state, grad_norm, lr = adamw_update(
             moments, grads, state.opt_state, state.params, state.step, hparams.sft

@@ -20,6 +20,7 @@ from convergence_jax.agents.continual import (
     dataset_source,
     ewc_penalty,
     fisher_diagonal,
+    frozen_rollout,
     lwf_kl,
     lwf_loss,
     make_continual,
@@ -201,6 +202,39 @@ def test_lwf_zero_at_the_frozen_policy(params, rows):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-5
 
 
+def test_frozen_rollout_draws_the_trained_tokens(params, rows):
+    """The rollout keeps the prompt, redraws each trained token from the frozen
+    policy given the tokens drawn before it (a NumPy loop with the same keys),
+    and stops weighting a row after its first drawn stop token."""
+    stop = int(np.asarray(rows.tokens)[0, -1])  # the task's stop token
+    start = TASK_A.prompt_length - 1
+    key = jax.random.key(4)
+    rollout = jax.jit(frozen_rollout, static_argnums=(2, 4, 5))
+    (tokens, mask, loss_mask), weight = rollout(key, params, CONFIG, rows, start, stop)
+    tokens, weight = np.asarray(tokens), np.asarray(weight)
+    train = np.asarray(rows.loss_mask) > 0
+    np.testing.assert_array_equal(tokens[~train], np.asarray(rows.tokens)[~train])
+    want = np.asarray(rows.tokens).copy()
+    done = np.zeros(len(want), bool)
+    want_weight = np.zeros_like(weight)
+    for t in range(start, want.shape[1] - 1):
+        logits, _ = Transformer(CONFIG).apply({"params": params}, jnp.asarray(want))
+        drawn = np.asarray(
+            jax.random.categorical(jax.random.fold_in(key, t), logits[:, t])
+        )
+        here = train[:, t + 1] & ~done
+        want[here, t + 1] = drawn[here]
+        want_weight[:, t] = here
+        done |= here & (drawn == stop)
+    np.testing.assert_array_equal(tokens, want)
+    np.testing.assert_array_equal(weight, want_weight)
+    assert weight.any()
+    # at the frozen policy itself, LwF on the rollout is 0
+    value = lwf_loss(params, params, CONFIG, SFTBatch(tokens, mask, loss_mask),
+                     2.0, "trained", weight)  # fmt: skip
+    assert abs(float(value)) < 1e-6
+
+
 # --- replay ---------------------------------------------------------------------
 
 
@@ -328,7 +362,7 @@ def _chat(reply: str) -> MultiTurnTrajectory:
     )
 
 
-@pytest.mark.parametrize("method", ["lwf", "ewc"])
+@pytest.mark.parametrize("method", ["lwf", "lwf_frozen", "ewc"])
 def test_trainer_penalties_on_trajectories(method):
     """Tokenized trajectories as the two tasks; the penalty is 0 in phase 0 and
     positive after the switch (the policy moves away from theta*)."""
@@ -336,8 +370,9 @@ def test_trainer_penalties_on_trajectories(method):
     data_b = tokenize_trajectories([_chat("no way"), _chat("nope")], TOKENIZER)
     program = make_continual(
         CONFIG, [dataset_source(data_a, "a"), dataset_source(data_b, "b")],
-        [(0, 3), (1, 3)], method=method, batch_size=4, fisher_examples=8,
-        fisher_chunk=4,
+        [(0, 3), (1, 3)], method=method.removesuffix("_frozen"), batch_size=4,
+        fisher_examples=8, fisher_chunk=4,
+        lwf_targets="frozen" if method == "lwf_frozen" else "data",
     )  # fmt: skip
     hparams = ContinualHParams.create(
         sft=SFTHParams.create(learning_rate=1e-2), lwf_beta=1.0, ewc_lambda=10.0
@@ -387,6 +422,11 @@ def test_bad_input_raises():
         make_continual(
             CONFIG, [TASK_A], [(0, 1)], method="lwf", batch_size=2,
             lwf_positions="prompt",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="lwf_targets"):
+        make_continual(
+            CONFIG, [TASK_A], [(0, 1)], method="lwf", batch_size=2,
+            lwf_targets="teacher",
         )  # fmt: skip
     with pytest.raises(ValueError, match="Task or a DataSource"):
         make_continual(CONFIG, ["addition"], [(0, 1)], method="lwf", batch_size=2)
