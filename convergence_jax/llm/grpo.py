@@ -99,7 +99,9 @@ __all__ = [
     "PROGRAM_LOSSES",
     "Rollout",
     "grpo_hparam_grid",
+    "init_value_model",
     "make_grpo",
+    "value_model_values",
 ]
 
 AXIS = "devices"
@@ -486,6 +488,56 @@ def _check(config: GRPOConfig, model_config: LMConfig, task) -> _Recipe:
 # --- the program --------------------------------------------------------------------
 
 
+def _optimizer(max_grad_norm, weight_decay):
+    """The policy's and the value model's optimizer; the step size is applied by
+    hand (`_apply`) so that it can be traced."""
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(weight_decay),
+    )
+
+
+def _apply(tx, grads, opt_state, params, step_size):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: -step_size * u, updates)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def init_value_model(params, model_config: LMConfig):
+    """The value model of ``vapo`` / ``ppo`` (and of multi-turn turn credit):
+    a copy of the policy's trunk (every parameter but ``lm_head``) and a
+    zero-initialized scalar head, ``{"trunk", "head": {"kernel", "bias"}}``."""
+    trunk = {k: v for k, v in params.items() if k != "lm_head"}
+    head = {
+        "kernel": jnp.zeros((model_config.hidden_size, 1), jnp.float32),
+        "bias": jnp.zeros((1,), jnp.float32),
+    }
+    return {"trunk": trunk, "head": head}
+
+
+def value_model_values(
+    value_params, model_config: LMConfig, prompt_tokens, prompt_mask, tokens, mask
+):
+    """V at each completion token's prediction position, ``[P, G, N]``:
+    ``values[..., j]`` is read from the hidden state of the token before
+    completion token ``j`` (the prompt's last token for ``j = 0``).
+    ``prompt_tokens``/``prompt_mask``: ``[P, Lp]``; ``tokens``/``mask``:
+    ``[P, G, N]``."""
+    p, g, n = tokens.shape
+    prompts = jnp.repeat(prompt_tokens, g, axis=0)
+    pmask = jnp.repeat(prompt_mask, g, axis=0)
+    seq = jnp.concatenate([prompts, tokens.reshape(p * g, n)], axis=1)
+    seq_mask = jnp.concatenate([pmask, mask.reshape(p * g, n)], axis=1)
+    hidden, _ = Transformer(model_config, output_hidden=True).apply(
+        {"params": value_params["trunk"]}, seq, seq_mask
+    )
+    hidden = hidden[:, prompts.shape[1] - 1 : -1]
+    head = value_params["head"]
+    values = (hidden @ head["kernel"])[..., 0] + head["bias"][0]
+    return values.reshape(p, g, n)
+
+
 def _tree_take(tree, index, axis=0):
     return jax.tree.map(lambda x: jnp.take(x, index, axis=axis), tree)
 
@@ -538,42 +590,15 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
     def local_start():
         return lax.axis_index(AXIS) * local_prompts if sharded else 0
 
-    # -- optimizers: the step size is applied by hand so that it can be traced --
-    def optimizer(max_grad_norm, weight_decay):
-        return optax.chain(
-            optax.clip_by_global_norm(max_grad_norm),
-            optax.scale_by_adam(),
-            optax.add_decayed_weights(weight_decay),
-        )
+    optimizer, apply = _optimizer, _apply
 
-    def apply(tx, grads, opt_state, params, step_size):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: -step_size * u, updates)
-        return optax.apply_updates(params, updates), opt_state
-
-    # -- the value model: the policy's trunk and a scalar head --
     def init_value(params):
-        trunk = {k: v for k, v in params.items() if k != "lm_head"}
-        head = {
-            "kernel": jnp.zeros((mc.hidden_size, 1), jnp.float32),
-            "bias": jnp.zeros((1,), jnp.float32),
-        }
-        return {"trunk": trunk, "head": head}
+        return init_value_model(params, mc)
 
     def values_of(value_params, prompt_tokens, prompt_mask, tokens, mask):
-        """V at each completion token's prediction position, ``[P, G, N]``."""
-        p, g, n = tokens.shape
-        prompts = jnp.repeat(prompt_tokens, g, axis=0)
-        pmask = jnp.repeat(prompt_mask, g, axis=0)
-        seq = jnp.concatenate([prompts, tokens.reshape(p * g, n)], axis=1)
-        seq_mask = jnp.concatenate([pmask, mask.reshape(p * g, n)], axis=1)
-        hidden, _ = Transformer(mc, output_hidden=True).apply(
-            {"params": value_params["trunk"]}, seq, seq_mask
+        return value_model_values(
+            value_params, mc, prompt_tokens, prompt_mask, tokens, mask
         )
-        hidden = hidden[:, prompts.shape[1] - 1 : -1]
-        head = value_params["head"]
-        values = (hidden @ head["kernel"])[..., 0] + head["bias"][0]
-        return values.reshape(p, g, n)
 
     def init(key: jax.Array, params, hparams: GRPOHParams | None = None) -> GRPOState:
         """The state of a fresh run from the policy ``params`` (the reference is
@@ -892,7 +917,9 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         var = psum(jnp.sum(jnp.square(x - mean) * mask)) / jnp.maximum(count - 1, 1)
         return jnp.where(mask > 0, (x - mean) * lax.rsqrt(var + 1e-8), 0.0)
 
-    def learn_local(state: GRPOState, rollout: Rollout, rewards, valid, key, hp):
+    def learn_local(
+        state: GRPOState, rollout: Rollout, rewards, valid, key, hp, advantages=None
+    ):
         p, g, n = rollout.tokens.shape
         trained = rollout.mask if rollout.loss_mask is None else rollout.loss_mask
         loss_mask = trained.astype(jnp.float32) * valid[:, None, None]
@@ -960,6 +987,10 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             data["positive"] = (rewards >= config.positive_threshold).astype(
                 jnp.float32
             )
+        elif advantages is not None:
+            # Given by the caller (this device's share), e.g. multi-turn credit.
+            keep = valid.reshape(valid.shape + (1,) * (advantages.ndim - 1))
+            data["advantages"] = advantages.astype(jnp.float32) * keep
         else:
             flat_rewards = gather(rewards).reshape(-1)
             advantages = ADVANTAGES[recipe.advantage](
@@ -991,12 +1022,14 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         rollout = draw_local(state.params, k_sample, hp, prompts)
         return state.replace(key=key), rollout
 
-    def host_learn_local(state: GRPOState, rollout, rewards, valid, hp):
+    def host_learn_local(state: GRPOState, rollout, rewards, valid, hp, advantages):
         key, k_learn = jax.random.split(state.key)
         rewards = shape_rewards(rewards, rollout)
         if recipe.dynamic_sampling:
             valid = valid & group_spread(rewards)
-        return learn_local(state.replace(key=key), rollout, rewards, valid, k_learn, hp)
+        return learn_local(
+            state.replace(key=key), rollout, rewards, valid, k_learn, hp, advantages
+        )
 
     def pretrain_value_local(state: GRPOState, hp):
         key, k_sample, k_learn = jax.random.split(state.key, 3)
@@ -1174,7 +1207,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         return _sample_jit(state, hp, prompts, True)
 
     @functools.partial(jax.jit, static_argnums=5)
-    def _learn_jit(state, rollout, rewards, valid, hp, has_problem):
+    def _learn_jit(state, rollout, rewards, valid, hp, has_problem, advantages):
         if sharded:
             spec = rollout_spec._replace(
                 problem=P(AXIS) if has_problem else None,
@@ -1183,12 +1216,19 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             fn = jax.shard_map(
                 host_learn_local,
                 mesh=mesh,
-                in_specs=(P(), spec, P(AXIS), P(AXIS), P()),
+                in_specs=(
+                    P(),
+                    spec,
+                    P(AXIS),
+                    P(AXIS),
+                    P(),
+                    None if advantages is None else P(AXIS),
+                ),
                 out_specs=(P(), P()),
                 check_vma=False,
             )
-            return fn(state, rollout, rewards, valid, hp)
-        return host_learn_local(state, rollout, rewards, valid, hp)
+            return fn(state, rollout, rewards, valid, hp, advantages)
+        return host_learn_local(state, rollout, rewards, valid, hp, advantages)
 
     def learn(
         state: GRPOState,
@@ -1196,11 +1236,35 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         rewards,
         hparams: GRPOHParams | None = None,
         valid=None,
+        advantages=None,
     ):
         """Advantages and updates on a `Rollout` scored on the host: ``rewards``
         ``[num_prompts, group_size]``; ``valid`` ``[num_prompts]`` bool (groups
-        to train on; DAPO's dynamic sampling also drops zero-spread groups)."""
+        to train on; DAPO's dynamic sampling also drops zero-spread groups).
+        ``advantages`` (group losses only): ``[num_prompts, group_size]`` per
+        completion or ``[num_prompts, group_size, max_new_tokens]`` per token,
+        used instead of the group advantages of ``rewards`` (which then only
+        feed DAPO's filters and the metrics): e.g. multi-turn turn-level
+        credit (`convergence_jax.agents.multiturn`)."""
         hp = default_hparams if hparams is None else hparams
+        if advantages is not None:
+            if value_model:
+                raise ValueError(
+                    f"learn: advantages are computed by loss {config.loss!r}'s "
+                    "value model; give them only with a group loss"
+                )
+            if config.off_policy_threshold is not None and np.ndim(advantages) != 2:
+                raise ValueError(
+                    "learn: per-token advantages do not go with "
+                    "GRPOConfig.off_policy_threshold (a per-completion mask)"
+                )
+            shapes = ((num_prompts, group), (num_prompts, group, length))
+            if np.shape(advantages) not in shapes:
+                raise ValueError(
+                    f"learn: advantages must be {list(shapes[0])} or "
+                    f"{list(shapes[1])}, got {list(np.shape(advantages))}"
+                )
+            advantages = jnp.asarray(advantages, jnp.float32)
         want = (num_prompts, group)
         if np.shape(rewards) != want:
             raise ValueError(
@@ -1230,7 +1294,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 f"{list(valid.shape)}"
             )
         return _learn_jit(
-            state, rollout, rewards, valid, hp, rollout.problem is not None
+            state, rollout, rewards, valid, hp, rollout.problem is not None, advantages
         )
 
     def host_step(
