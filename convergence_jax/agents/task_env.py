@@ -153,7 +153,9 @@ class Conversations(NamedTuple):
     ``reply_lengths`` ``[B, T]``: the real tokens of each agent turn and of the
     reply that follows it (0 after the end). ``actions``, ``args``,
     ``reply_kinds``: ``[B, T]`` per agent turn (``reply_kind`` none after the
-    end); ``rewards``/``success``/``num_turns``: ``[B]``.
+    end); ``rewards``/``success``/``num_turns``: ``[B]``; ``turn_rewards``
+    ``[B, T]``: the env's reward of each agent turn (0 after the end; their sum
+    is ``rewards``).
     """
 
     scenarios: Scenarios
@@ -171,6 +173,7 @@ class Conversations(NamedTuple):
     rewards: jax.Array
     success: jax.Array
     num_turns: jax.Array
+    turn_rewards: jax.Array
 
 
 def _digits(values, width):
@@ -689,6 +692,7 @@ def _conversations(env, scenarios, prompt, turns, final_state, infos):
         rewards=infos.reward.sum(0),
         success=final_state.success,
         num_turns=final_state.turn,
+        turn_rewards=infos.reward.T,
     )
 
 
