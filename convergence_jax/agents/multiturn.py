@@ -37,9 +37,28 @@ conversation is the env's verifiable outcome (1 success, else 0); advantages are
 group-relative over the ``G`` conversations of a scenario (trajectory level),
 and every agent token of a conversation gets its conversation's advantage. Any
 group loss of `llm.LOSSES` works (grpo, dr_grpo, dapo, gspo, gspo_token, gepo);
-GSPO's sequence-level ratio is the geometric mean over the agent tokens. Turn-level
-credit (a value head with GAE over turns) is not implemented: ``vapo`` and
-``ppo`` are rejected.
+GSPO's sequence-level ratio is the geometric mean over the agent tokens.
+(``vapo`` and ``ppo``, whose token-level GAE would run through the user's and
+the tool's tokens, are rejected; turn-level credit is the multi-turn form.)
+
+**Turn-level credit** (``make_multiturn_grpo(..., turn_credit="gae")``, opt
+in): a conversation is an MDP over agent turns -- state ``s_t`` the
+conversation before agent turn ``t``, action the turn, reward ``r_t`` the env's
+reward of that turn (`Conversations.turn_rewards`; the customer-service env
+pays its 0/1 outcome on the last turn; a host reward ``[P, G]`` is put on the
+last turn, or give ``[P, G, T]`` per turn). A value model -- the VAPO / PPO one
+of `llm.grpo` (`llm.grpo.init_value_model`: a copy of the policy's trunk with a
+zero scalar head) -- reads ``V(s_t)`` at the token before the turn (the
+prompt's last token for ``t = 0``, the previous reply's last one after).
+Advantages are GAE over the turns (`turn_gae`: `llm.value.token_gae` on the
+``[B, T]`` turn arrays, masked after the conversation's last turn, 0 bootstrap
+after it), whitened over the batch's turns, and every agent token of turn ``t``
+gets ``A_t`` (`spread_over_tokens`); ``"gae+group"`` adds the conversation's
+group advantage. The value model regresses on the GAE returns ``A_t + V(s_t)``
+(`llm.value.token_value_loss`, clipped by ``value_clip_eps``, finished turns
+masked), ``num_epochs`` Adam steps per learn step. The numbers are
+`GRPOConfig`'s value-model fields: ``gamma`` (static), ``gae_lambda`` and
+``value_learning_rate`` (in `GRPOHParams`: sweep them under vmap).
 
 **SFT warm-up** (`make_multiturn_sft`): a fixed set of ``num_demos``
 demonstrations by the env's scripted expert (`expert_conversations`, the same
@@ -78,21 +97,28 @@ from convergence_jax.agents.task_env import (
     expert_conversations,
     to_trajectories,
 )
+from convergence_jax.llm.advantages import ADVANTAGES
 from convergence_jax.llm.grpo import (
     GRPOConfig,
     GRPOHParams,
     GRPOState,
     Rollout,
+    _apply,
+    _optimizer,
+    init_value_model,
     make_grpo,
+    value_model_values,
 )
 from convergence_jax.llm.losses import LOSSES
 from convergence_jax.llm.sft import SFTHParams, adamw_update
+from convergence_jax.llm.value import masked_whiten, token_gae, token_value_loss
 from convergence_jax.lm.config import LMConfig
 from convergence_jax.lm.generate import completion_logprobs, sample_token
 from convergence_jax.lm.model import check_params, forward, init_cache, init_params
 
 __all__ = [
     "PROFILES",
+    "TURN_CREDIT",
     "MultiTurnGRPO",
     "MultiTurnSFT",
     "TrainResult",
@@ -100,8 +126,16 @@ __all__ = [
     "conversations",
     "make_multiturn_grpo",
     "make_multiturn_sft",
+    "spread_over_tokens",
     "train",
+    "turn_gae",
+    "turn_starts",
 ]
+
+TURN_CREDIT = ("gae", "gae+group")
+"""`make_multiturn_grpo`'s ``turn_credit`` modes: ``"gae"`` -- each agent
+token of turn ``t`` gets the turn's GAE advantage ``A_t`` alone; ``"gae+group"``
+-- ``A_t`` plus the conversation's group advantage."""
 
 EVAL_SEED = 10**6
 """Evaluation scenarios come from ``jax.random.key(EVAL_SEED)`` (held-out split
@@ -227,6 +261,90 @@ def _success_rate(params, mc, env, scenarios, key, temperature):
     return conv.success.mean().astype(jnp.float32)
 
 
+# --- turn-level credit --------------------------------------------------------------
+
+
+def turn_gae(
+    turn_rewards: jax.Array,
+    turn_values: jax.Array,
+    num_turns: jax.Array,
+    *,
+    gamma: float | jax.Array = 1.0,
+    gae_lambda: float | jax.Array = 0.95,
+) -> tuple[jax.Array, jax.Array]:
+    """GAE over a conversation's agent turns (Schulman et al. 2016, arXiv
+    1506.02438): `llm.value.token_gae` on turns instead of tokens::
+
+        delta_t = r_t + gamma V(s_{t+1}) - V(s_t)   (V after the last turn: 0)
+        A_t     = delta_t + gamma lambda A_{t+1}
+        R_t     = A_t + V(s_t)
+
+    ``turn_rewards``, ``turn_values``: ``[B, T]``; ``num_turns``: ``[B]`` (turns
+    ``t >= num_turns`` are masked: they count nothing). Returns
+    ``(advantages, returns)``, ``[B, T]``, 0 on masked turns.
+    """
+    if turn_rewards.ndim != 2 or turn_values.shape != turn_rewards.shape:
+        raise ValueError(
+            f"turn_gae: turn_rewards and turn_values must be [B, T] of one shape, "
+            f"got {turn_rewards.shape} and {turn_values.shape}"
+        )
+    if num_turns.shape != turn_rewards.shape[:1]:
+        raise ValueError(
+            f"turn_gae: num_turns must be [B] = {list(turn_rewards.shape[:1])}, got "
+            f"{list(num_turns.shape)}"
+        )
+    mask = jnp.arange(turn_rewards.shape[1])[None, :] < num_turns[:, None]
+    return token_gae(
+        turn_rewards.astype(jnp.float32),
+        turn_values.astype(jnp.float32),
+        mask,
+        gamma=gamma,
+        gae_lambda=gae_lambda,
+    )
+
+
+def turn_starts(agent_lengths: jax.Array, reply_lengths: jax.Array) -> jax.Array:
+    """``[B, T]``: the packed column (`Conversations.tokens`) of each agent
+    turn's first token (past the end for turns not taken)."""
+    block = agent_lengths + reply_lengths
+    return jnp.cumsum(block, -1) - block
+
+
+def spread_over_tokens(
+    per_turn: jax.Array,
+    agent_lengths: jax.Array,
+    reply_lengths: jax.Array,
+    length: int,
+) -> jax.Array:
+    """``[B, T] -> [B, length]``: each packed token gets the value of the turn
+    it belongs to (an agent turn and the reply after it form turn ``t``'s
+    block; padding gets the last turn's). Multiply by ``loss_mask`` to keep the
+    agent's tokens."""
+    ends = jnp.cumsum(agent_lengths + reply_lengths, -1)  # [B, T]
+    column = jnp.arange(length)
+    turn = jnp.sum(column[None, :, None] >= ends[:, None, :], -1)
+    turn = jnp.minimum(turn, per_turn.shape[1] - 1)
+    return jnp.take_along_axis(per_turn, turn, -1)
+
+
+def _turn_values(value_params, model_config: LMConfig, conv: Conversations):
+    """``V(s_t)`` ``[B, T]``: the value model at the column before each agent
+    turn's first token (`llm.grpo.value_model_values` reads column ``j``'s
+    value from the token before it)."""
+    values = value_model_values(
+        value_params,
+        model_config,
+        conv.prompt_tokens,
+        conv.prompt_mask,
+        conv.tokens[:, None],
+        conv.mask[:, None],
+    )[:, 0]
+    starts = jnp.minimum(
+        turn_starts(conv.agent_lengths, conv.reply_lengths), values.shape[1] - 1
+    )
+    return jnp.take_along_axis(values, starts, -1)
+
+
 # --- the GRPO program -------------------------------------------------------------
 
 
@@ -241,7 +359,9 @@ class MultiTurnGRPO(NamedTuple):
     ``learn(state, conversations, rewards [P, G], hparams=None) -> (state,
     metrics)`` (a Python reward between them);
     ``evaluate(params, held_out=True, greedy=True, num_scenarios=256, key=None)
-    -> success rate`` (held out: held-out orders *and* held-out users).
+    -> success rate`` (held out: held-out orders *and* held-out users);
+    ``turn_values(value_params, conversations) -> V(s_t) [B, T]`` (turn
+    credit only; None without it).
     """
 
     config: GRPOConfig
@@ -255,21 +375,34 @@ class MultiTurnGRPO(NamedTuple):
     sample: Callable
     learn: Callable
     evaluate: Callable
+    turn_credit: str | None = None
+    turn_values: Callable | None = None
 
 
 def make_multiturn_grpo(
-    config: GRPOConfig, model_config: LMConfig, env: TaskEnv
+    config: GRPOConfig,
+    model_config: LMConfig,
+    env: TaskEnv,
+    *,
+    turn_credit: str | None = None,
 ) -> MultiTurnGRPO:
     """The multi-turn program of ``model_config``'s model on ``env``.
 
     ``config.num_prompts`` scenarios x ``config.group_size`` conversations per
     step; ``config.max_new_tokens`` is ignored (a conversation's length is the
-    env's ``completion_length``). ``ValueError`` before compiling for: a loss
-    other than a group loss of `llm.LOSSES`, DAPO's dynamic sampling or
-    overlong filter / punishment set on (their notion of a truncated completion
-    is one without a stop token, which a conversation always lacks; off for
-    dapo here), more than one device, an env whose tokens or length do not fit
-    the model, and everything `llm.make_grpo` rejects.
+    env's ``completion_length``). ``turn_credit``: None (every agent token gets
+    its conversation's group advantage) or a mode of `TURN_CREDIT` (a value
+    model and GAE over turns; see the module docstring), with ``config``'s
+    ``gamma``, ``gae_lambda``, ``value_learning_rate`` and ``value_clip_eps``.
+    ``ValueError`` before compiling for: a loss other than a group loss of
+    `llm.LOSSES`, DAPO's dynamic sampling or overlong filter / punishment set
+    on (their notion of a truncated completion is one without a stop token,
+    which a conversation always lacks; off for dapo here), more than one
+    device, an env whose tokens or length do not fit the model, an unknown
+    ``turn_credit`` or out-of-range turn-credit numbers (``gamma`` and
+    ``gae_lambda`` in [0, 1], ``value_learning_rate`` > 0, ``value_clip_eps``
+    None or > 0; no ``off_policy_threshold``: its mask is per conversation),
+    and everything `llm.make_grpo` rejects.
     """
     if not isinstance(env, TaskEnv):
         raise ValueError(f"env must be a TaskEnv, got {type(env).__name__}")
@@ -280,9 +413,11 @@ def make_multiturn_grpo(
     if config.loss not in LOSSES:
         raise ValueError(
             f"GRPOConfig.loss must be a group loss {sorted(LOSSES)} for multi-turn "
-            f"GRPO, got {config.loss!r} (turn-level credit with a value model is "
-            "not implemented)"
+            f"GRPO, got {config.loss!r} (for credit from a value model use "
+            f"make_multiturn_grpo(..., turn_credit='gae'))"
         )
+    if turn_credit is not None:
+        _check_turn_credit(config, turn_credit)
     for name in ("dynamic_sampling", "overlong_filter", "soft_overlong"):
         if getattr(config, name):
             raise ValueError(
@@ -302,10 +437,23 @@ def make_multiturn_grpo(
     grpo = make_grpo(inner_config, model_config, None)
     mc = model_config
     num_prompts, group = config.num_prompts, config.group_size
+    num_turns_max, length = env.max_turns, env.completion_length
     default_hparams = grpo.default_hparams
+    group_advantage = ADVANTAGES[inner_config.recipe().advantage]
 
     def init(key, params, hparams=None) -> GRPOState:
-        return grpo.init(key, params, hparams)
+        state = grpo.init(key, params, hparams)
+        if turn_credit is None:
+            return state
+        hp = default_hparams if hparams is None else hparams
+        value_params = init_value_model(state.params, mc)
+        tx = _optimizer(hp.max_grad_norm, hp.weight_decay)
+        return state.replace(
+            value_params=value_params, value_opt_state=tx.init(value_params)
+        )
+
+    def turn_values(value_params, conv: Conversations):
+        return _turn_values(value_params, mc, conv)
 
     def sample_local(state: GRPOState, hp):
         key, k_scen, k_roll = jax.random.split(state.key, 3)
@@ -342,12 +490,107 @@ def make_multiturn_grpo(
             loss_mask=grouped(conv.loss_mask),
         )
 
+    def value_update(state: GRPOState, conv, old_values, returns, mask, hp):
+        """``num_epochs`` full-batch Adam steps of the value model on the
+        (clipped) regression to the GAE returns of the taken turns."""
+        tx = _optimizer(hp.max_grad_norm, hp.weight_decay)
+
+        def loss_fn(value_params):
+            loss, metrics = token_value_loss(
+                turn_values(value_params, conv),
+                old_values,
+                returns,
+                mask,
+                clip_eps=config.value_clip_eps,
+                aggregation="token-mean",
+            )
+            return loss, metrics
+
+        def body(carry, _):
+            value_params, opt_state = carry
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                value_params
+            )
+            value_params, opt_state = _apply(
+                tx, grads, opt_state, value_params, hp.value_learning_rate
+            )
+            return (value_params, opt_state), (loss, metrics["value_clip_fraction"])
+
+        (value_params, opt_state), (losses, clipped) = jax.lax.scan(
+            body, (state.value_params, state.value_opt_state), None, config.num_epochs
+        )
+        state = state.replace(value_params=value_params, value_opt_state=opt_state)
+        return state, {
+            "value_loss": losses[0],
+            "value_clip_fraction": clipped.mean(),
+        }
+
+    def credit_learn(state: GRPOState, conv, rewards, hp):
+        b = num_prompts * group
+        taken = jnp.arange(num_turns_max)[None, :] < conv.num_turns[:, None]
+        if rewards.ndim == 3:  # per turn
+            per_turn = rewards.reshape(b, num_turns_max) * taken
+        else:  # the conversation's reward, paid on its last turn
+            last = jax.nn.one_hot(
+                jnp.maximum(conv.num_turns - 1, 0), num_turns_max, dtype=jnp.float32
+            )
+            per_turn = last * rewards.reshape(b, 1)
+        totals = per_turn.sum(-1).reshape(num_prompts, group)
+        old_values = jax.lax.stop_gradient(turn_values(state.value_params, conv))
+        advantages, returns = turn_gae(
+            per_turn,
+            old_values,
+            conv.num_turns,
+            gamma=config.gamma,
+            gae_lambda=hp.gae_lambda,
+        )
+        weights = conv.loss_mask.astype(jnp.float32)
+        token_advantages = weights * spread_over_tokens(
+            masked_whiten(advantages, taken),
+            conv.agent_lengths,
+            conv.reply_lengths,
+            length,
+        )
+        if turn_credit == "gae+group":
+            grouped = group_advantage(
+                totals.reshape(-1), group, epsilon=config.advantage_epsilon
+            )
+            token_advantages = token_advantages + weights * grouped[:, None]
+        state, metrics = grpo.learn(
+            state,
+            to_rollout(conv),
+            totals,
+            hp,
+            advantages=token_advantages.reshape(num_prompts, group, length),
+        )
+        state, value_metrics = value_update(state, conv, old_values, returns, taken, hp)
+        valid = taken.astype(jnp.float32)
+        count = jnp.maximum(valid.sum(), 1.0)
+        residual = jnp.where(taken, returns - old_values, 0.0)
+        mean_return = jnp.sum(returns * valid) / count
+        var_return = jnp.sum(jnp.square(returns - mean_return) * valid) / count
+        var_residual = jnp.sum(jnp.square(residual) * valid) / count - jnp.square(
+            jnp.sum(residual) / count
+        )
+        return state, {
+            **metrics,
+            **value_metrics,
+            "value_first_turn": old_values[:, 0].mean(),
+            "value_explained_variance": 1.0 - var_residual / (var_return + 1e-8),
+            "turn_advantage_abs": jnp.sum(jnp.abs(advantages)) / count,
+        }
+
     def learn_local(state, conv, rewards, hp):
-        return grpo.learn(state, to_rollout(conv), rewards, hp)
+        if turn_credit is None:
+            return grpo.learn(state, to_rollout(conv), rewards, hp)
+        return credit_learn(state, conv, rewards, hp)
 
     def step_local(state: GRPOState, hp):
         state, conv = sample_local(state, hp)
-        rewards = conv.rewards.reshape(num_prompts, group)
+        if turn_credit is None:
+            rewards = conv.rewards.reshape(num_prompts, group)
+        else:
+            rewards = conv.turn_rewards.reshape(num_prompts, group, num_turns_max)
         state, metrics = learn_local(state, conv, rewards, hp)
         return state, {**metrics, **_conversation_metrics(conv)}
 
@@ -380,12 +623,19 @@ def make_multiturn_grpo(
     learn_jit = jax.jit(learn_local)
 
     def learn(state, conv: Conversations, rewards, hparams=None):
-        """Group advantages and updates from ``rewards`` ``[num_prompts,
-        group_size]`` (e.g. a Python score of `to_trajectories`)."""
-        if np.shape(rewards) != (num_prompts, group):
+        """Advantages and updates from ``rewards`` ``[num_prompts,
+        group_size]`` (e.g. a Python score of `to_trajectories`); with turn
+        credit also ``[num_prompts, group_size, max_turns]`` per turn."""
+        shapes = [(num_prompts, group)]
+        if turn_credit is not None:
+            shapes.append((num_prompts, group, num_turns_max))
+        if np.shape(rewards) not in shapes:
+            per_turn = ", or per turn [num_prompts, group_size, max_turns]"
             raise ValueError(
-                f"learn: rewards must be [num_prompts, group_size] = "
-                f"[{num_prompts}, {group}], got {list(np.shape(rewards))}"
+                f"learn: rewards must be [num_prompts, group_size]"
+                f"{per_turn if turn_credit is not None else ''} = "
+                f"{' or '.join(str(list(x)) for x in shapes)}, got "
+                f"{list(np.shape(rewards))}"
             )
         hp = default_hparams if hparams is None else hparams
         return learn_jit(state, conv, jnp.asarray(rewards, jnp.float32), hp)
@@ -425,7 +675,40 @@ def make_multiturn_grpo(
         sample=sample,
         learn=learn,
         evaluate=evaluate,
+        turn_credit=turn_credit,
+        turn_values=None if turn_credit is None else jax.jit(turn_values),
     )
+
+
+def _check_turn_credit(config: GRPOConfig, turn_credit) -> None:
+    if turn_credit not in TURN_CREDIT:
+        raise ValueError(
+            f"make_multiturn_grpo: turn_credit must be None or one of "
+            f"{list(TURN_CREDIT)}, got {turn_credit!r}"
+        )
+    for name in ("gamma", "gae_lambda"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"GRPOConfig.{name} must be a number, got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"GRPOConfig.{name} must be in [0, 1] for turn credit, got {value}"
+            )
+    if not config.value_learning_rate > 0:
+        raise ValueError(
+            "GRPOConfig.value_learning_rate must be > 0 for turn credit (the "
+            f"value model trains with it), got {config.value_learning_rate}"
+        )
+    if config.value_clip_eps is not None and not config.value_clip_eps > 0:
+        raise ValueError(
+            "GRPOConfig.value_clip_eps must be None (unclipped) or > 0, got "
+            f"{config.value_clip_eps}"
+        )
+    if config.off_policy_threshold is not None:
+        raise ValueError(
+            "GRPOConfig.off_policy_threshold does not go with turn credit: its "
+            "mask is per conversation, turn credit's advantages are per token"
+        )
 
 
 # --- the SFT warm-up -------------------------------------------------------------
@@ -606,10 +889,10 @@ class TrainResult(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_program(config, model_config, env) -> MultiTurnGRPO:
+def _cached_program(config, model_config, env, turn_credit=None) -> MultiTurnGRPO:
     # train() called again with the same settings (a resumed run) reuses the
     # compiled program.
-    return make_multiturn_grpo(config, model_config, env)
+    return make_multiturn_grpo(config, model_config, env, turn_credit=turn_credit)
 
 
 def _agent_parts(agent_or_params):
@@ -643,6 +926,7 @@ def train(
     seed: int = 0,
     checkpoint_every: int = 10,
     callback: Callable[[int, dict], None] | None = None,
+    turn_credit: str | None = None,
     **overrides,
 ) -> TrainResult:
     """Multi-turn GRPO of an agent on ``env`` for ``num_episodes``
@@ -657,7 +941,8 @@ def train(
     `convergence_jax.checkpoint` every ``checkpoint_every`` steps and at the
     end; with ``resume`` a run finds its latest step there and continues from
     it, exactly as an uninterrupted run (the state holds the key and the step).
-    ``callback(step, metrics)`` runs after each step.
+    ``callback(step, metrics)`` runs after each step. ``turn_credit``: None
+    or a mode of `TURN_CREDIT` (`make_multiturn_grpo`).
     """
     from convergence_jax import checkpoint
 
@@ -675,7 +960,7 @@ def train(
     if unknown:
         raise ValueError(f"train: unknown GRPOConfig fields {sorted(unknown)}")
     config = GRPOConfig(**{**PROFILES[profile], **overrides})
-    program = _cached_program(config, model_config, env)
+    program = _cached_program(config, model_config, env, turn_credit)
     per_step = config.num_prompts * config.group_size
     num_steps = math.ceil(num_episodes / per_step)
     state = program.init(jax.random.key(seed), params)

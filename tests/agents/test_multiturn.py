@@ -237,3 +237,220 @@ def test_other_group_losses_learn_on_the_same_conversations(
     assert all(moved)
     with pytest.raises(ValueError, match="rewards must be"):
         program.learn(state, conv, rewards[:1])
+
+
+# --- turn-level credit ------------------------------------------------------------
+
+CREDIT = llm.GRPOConfig(
+    loss="grpo",
+    num_prompts=2,
+    group_size=4,
+    learning_rate=1e-3,
+    value_learning_rate=3e-3,
+    gae_lambda=1.0,
+)
+
+
+@pytest.fixture(scope="module")
+def credit_program(env, model_config):
+    return mt.make_multiturn_grpo(CREDIT, model_config, env, turn_credit="gae+group")
+
+
+def numpy_turn_gae(rewards, values, num_turns, gamma, lam):
+    advantages, returns = np.zeros(rewards.shape), np.zeros(rewards.shape)
+    for i, n in enumerate(num_turns):
+        next_a = next_v = 0.0
+        for t in reversed(range(n)):
+            a = rewards[i, t] + gamma * next_v - values[i, t] + gamma * lam * next_a
+            advantages[i, t], returns[i, t] = a, a + values[i, t]
+            next_a, next_v = a, values[i, t]
+    return advantages, returns
+
+
+def test_turn_gae_matches_numpy_with_early_ends():
+    rng = np.random.default_rng(0)
+    b, t = 12, 5
+    rewards = rng.normal(size=(b, t)).astype(np.float32)
+    values = rng.normal(size=(b, t)).astype(np.float32)  # garbage after the end
+    num_turns = rng.integers(1, t + 1, b)
+    num_turns[:2] = (1, t)
+    gae = jax.jit(mt.turn_gae)
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (0.99, 0.0)):
+        a, r = gae(
+            jnp.asarray(rewards),
+            jnp.asarray(values),
+            jnp.asarray(num_turns),
+            gamma=gamma,
+            gae_lambda=lam,
+        )
+        want_a, want_r = numpy_turn_gae(rewards, values, num_turns, gamma, lam)
+        np.testing.assert_allclose(np.asarray(a), want_a, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(r), want_r, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="num_turns must be"):
+        mt.turn_gae(jnp.asarray(rewards), jnp.asarray(values), jnp.ones(3, jnp.int32))
+
+
+def test_turn_layout_and_values_read_before_each_turn(
+    env, model_config, credit_program, params, sampled
+):
+    """Each agent token gets its own turn's value; V(s_t) is read at the
+    column of the token that ends the previous reply (the prompt for t = 0)."""
+    _, conv, _ = sampled
+    c = jax.tree.map(np.asarray, conv)
+    b, t = c.agent_lengths.shape
+    per_turn = np.arange(b * t, dtype=np.float32).reshape(b, t) + 1
+    spread = np.asarray(
+        mt.spread_over_tokens(
+            jnp.asarray(per_turn),
+            conv.agent_lengths,
+            conv.reply_lengths,
+            env.completion_length,
+        )
+    )
+    starts = np.asarray(mt.turn_starts(conv.agent_lengths, conv.reply_lengths))
+    for i in range(b):
+        want, column = [], 0
+        for k in range(t):
+            a_len, r_len = int(c.agent_lengths[i, k]), int(c.reply_lengths[i, k])
+            if a_len:
+                assert starts[i, k] == column
+            want += [per_turn[i, k]] * a_len + [0.0] * r_len
+            column += a_len + r_len
+        want += [0.0] * (env.completion_length - len(want))
+        np.testing.assert_array_equal(spread[i] * c.loss_mask[i], want)
+    value_params = jax.tree.map(
+        lambda x: x + 0.1, credit_program.init(jax.random.key(0), params).value_params
+    )
+    values = np.asarray(credit_program.turn_values(value_params, conv))
+    hidden, _ = lm.Transformer(model_config, output_hidden=True).apply(
+        {"params": value_params["trunk"]},
+        jnp.concatenate([conv.prompt_tokens, conv.tokens], 1),
+        jnp.concatenate([conv.prompt_mask, conv.mask], 1),
+    )
+    head = value_params["head"]
+    full = np.asarray((hidden @ head["kernel"])[..., 0] + head["bias"][0])
+    lp = c.prompt_tokens.shape[1]
+    assistant = TOK.encode("<|im_start|>assistant\n")[-1]
+    for i in range(b):
+        for k in range(int(c.num_turns[i])):
+            before = lp + starts[i, k] - 1  # the token before the turn
+            np.testing.assert_allclose(values[i, k], full[i, before], atol=1e-5)
+            sequence = np.concatenate([c.prompt_tokens[i], c.tokens[i]])
+            assert sequence[before] == assistant  # "...<|im_start|>assistant\n"
+
+
+def test_turn_credit_learn_trains_policy_and_value_under_vmap(
+    credit_program, model_config, params, sampled
+):
+    """Turn credit's learn, vmapped over two value learning rates (one
+    compile): the first update is the hand-written gradient of the GRPO loss
+    with per-token advantages whiten(A_t) + group advantage (the value head
+    starts at 0, so with gamma = lambda = 1 A_t = R on every turn taken); the
+    value model moves and its loss on the fixed batch falls."""
+    _, conv, _ = sampled
+    p, g = CREDIT.num_prompts, CREDIT.group_size
+    rewards = np.asarray([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], np.float32)
+    hparams = llm.grpo_hparam_grid(CREDIT, value_learning_rate=[1e-3, 2e-3])
+    state = credit_program.init(jax.random.key(5), params)
+    states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    learn = jax.jit(
+        jax.vmap(lambda s, h: credit_program.learn(s, conv, rewards, h)),
+    )
+    losses, history = [], [states]
+    for _ in range(8):
+        states, metrics = learn(states, hparams)
+        losses.append(np.asarray(metrics["value_loss"]))
+        history.append(states)
+    losses = np.stack(losses)  # [calls, 2]: the loss before each update
+    assert np.all(losses[-1] < 0.75 * losses[0]), losses
+    assert np.all(np.diff(losses[:, 0]) < 0), losses
+    assert not np.allclose(losses[1:, 0], losses[1:, 1])  # two runs, one compile
+    first = jax.tree.map(lambda x: x[0], history[1])
+    second = jax.tree.map(lambda x: x[0], history[2])
+    # The head starts at 0, so the trunk's first gradient is 0: it moves next.
+    for before, after in (
+        (state.params, first.params),
+        (state.value_params["head"], first.value_params["head"]),
+        (state.value_params, second.value_params),
+    ):
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+            assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+    # The first policy update against the hand-written per-token advantages.
+    c = jax.tree.map(np.asarray, conv)
+    n = c.num_turns
+    taken = np.arange(c.agent_lengths.shape[1])[None] < n[:, None]
+    flat = rewards.reshape(-1)
+    turn_a = np.where(taken, flat[:, None], 0.0)
+    mean = turn_a[taken].mean()
+    std = np.sqrt(turn_a[taken].var(ddof=1) + 1e-8)
+    whitened = np.where(taken, (turn_a - mean) / std, 0.0)
+    token_a = np.zeros(c.tokens.shape, np.float32)
+    for i in range(len(flat)):
+        column = 0
+        for k in range(int(n[i])):
+            a_len, r_len = int(c.agent_lengths[i, k]), int(c.reply_lengths[i, k])
+            token_a[i, column : column + a_len] = whitened[i, k]
+            column += a_len + r_len
+    token_a += np.asarray(ADVANTAGES["grpo"](jnp.asarray(flat), g, epsilon=1e-4))[
+        :, None
+    ]
+    weights = c.loss_mask.astype(np.float32)
+
+    def reference_loss(params):
+        logp = lm.completion_logprobs(
+            params,
+            model_config,
+            conv.prompt_tokens,
+            conv.prompt_mask,
+            conv.tokens,
+            conv.mask,
+        )
+        per_seq = jnp.sum(logp * token_a * weights, -1) / np.maximum(weights.sum(-1), 1)
+        return -jnp.mean(per_seq)
+
+    grads = jax.grad(reference_loss)(state.params)
+    ok = total = 0
+    for g_ref, p0, p1 in zip(
+        jax.tree.leaves(grads),
+        jax.tree.leaves(state.params),
+        jax.tree.leaves(first.params),
+        strict=True,
+    ):
+        g_ref = np.asarray(g_ref)
+        step = (np.asarray(p0) - np.asarray(p1)) / CREDIT.learning_rate
+        big = np.abs(g_ref) > 1e-5
+        ok += np.sum(np.abs(step[big] - np.sign(g_ref[big])) < 0.05)
+        total += big.sum()
+    assert ok / total > 0.999
+    assert p * g == len(flat)
+
+
+def test_turn_credit_bad_options_raise(
+    env, model_config, program, credit_program, sampled
+):
+    def make(turn_credit="gae", **fields):
+        config = llm.GRPOConfig(num_prompts=2, group_size=4, **fields)
+        return mt.make_multiturn_grpo(
+            config, model_config, env, turn_credit=turn_credit
+        )
+
+    with pytest.raises(ValueError, match="turn_credit must be None or one of"):
+        make("td")
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
+        make(gamma=1.5)
+    with pytest.raises(ValueError, match=r"gae_lambda must be in \[0, 1\]"):
+        make(gae_lambda=-0.1)
+    with pytest.raises(ValueError, match="value_learning_rate must be > 0"):
+        make(value_learning_rate=0.0)
+    with pytest.raises(ValueError, match="value_clip_eps must be None"):
+        make(value_clip_eps=0.0)
+    with pytest.raises(ValueError, match="off_policy_threshold"):
+        make(off_policy_threshold=0.5)
+    with pytest.raises(ValueError, match="turn_credit='gae'"):
+        make(None, loss="ppo")
+    state, conv, _ = sampled  # learn checks the shapes before compiling
+    with pytest.raises(ValueError, match="per turn"):
+        credit_program.learn(state, conv, np.zeros((2, 4, env.max_turns + 1)))
+    with pytest.raises(ValueError, match=r"rewards must be \[num_prompts"):
+        program.learn(state, conv, np.zeros((2, 4, env.max_turns)))
