@@ -156,6 +156,10 @@ class GRPOSection:
     """Seed of the env's table and its held-out split."""
     profile: Literal["conservative", "balanced", "aggressive"] = "balanced"
     """GRPO settings (agents.multiturn.PROFILES)."""
+    turn_credit: Literal["gae", "gae+group"] | None = None
+    """Turn-level credit (agents.multiturn.TURN_CREDIT: a value model and GAE
+    over turns, with the overrides' gamma, gae_lambda, value_learning_rate);
+    null: every agent token gets its conversation's group advantage."""
     num_episodes: int = 1024
     """Conversations played; steps = ceil(num_episodes / (num_prompts *
     group_size))."""
@@ -664,6 +668,7 @@ def _train_grpo(config: AgentTrainConfig, say) -> TrainResult:
             checkpoint_dir,
             seed=t.seed,
             callback=log,
+            turn_credit=g.turn_credit,
             **g.overrides,
         )
     except ValueError as error:
@@ -684,6 +689,7 @@ def _train_grpo(config: AgentTrainConfig, say) -> TrainResult:
         "source": source if source == "fresh" else f"{source}:{config.model.init_from}",
         "env": g.env,
         "profile": g.profile,
+        "turn_credit": g.turn_credit,
         "overrides": dict(g.overrides),
         "episodes": g.num_episodes,
         "steps": result.resumed_from + len(rows),

@@ -341,6 +341,7 @@ def test_train_grpo_on_the_customer_service_env(tmp_path):
         ({"overrides": {"num_promts": 2}}, "grpo.overrides.num_promts: not a GRPO"),
         ({"turn_tokens": 5}, "grpo.turn_tokens: must be >= 12, got 5"),
         ({"profile": "wild"}, "grpo.profile: expected one of"),
+        ({"turn_credit": "td"}, "grpo.turn_credit: expected one of"),
     ):
         bad = config | {"grpo": config["grpo"] | edit}
         code, _, err = _main("agents", "train", str(_write(tmp_path / "b.yaml", bad)))
