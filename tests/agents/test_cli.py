@@ -315,11 +315,13 @@ def test_init_from_a_hugging_face_folder(trained, tmp_path):
 def test_train_grpo_on_the_customer_service_env(tmp_path):
     """``train.algorithm: grpo`` wires `agents.multiturn.train` (one step of
     2 x 4 conversations, no warm-up, no held-out evaluation: the wiring, not
-    the learning, which the multiturn tests measure)."""
+    the learning, which the multiturn tests measure). Two turns in a 256-token
+    context: the setting of a reported (not reproduced) reshape crash."""
     config = {
-        "model": TRAIN["model"] | {"max_position_embeddings": 512},
+        "model": TRAIN["model"] | {"max_position_embeddings": 256},
         "train": {"algorithm": "grpo", "seed": 0, "log_every": 1},
         "grpo": {
+            "max_turns": 2,
             "num_episodes": 8,
             "warmup_demos": 0,
             "eval_scenarios": 0,
