@@ -31,14 +31,14 @@ a conversation through `MultiTurnAgent`, scores conversations with a Python rewa
 and saves and reloads the agent.
 
 `SMALL = True` (the default, used by the test suite: a 1-layer width-32 model,
-conversations of up to 3 agent turns, 20 SFT steps at most, 4 GRPO steps of 2 x 4
-conversations) shows the **mechanics** in
-well under a minute on a CPU, **not the learning**: its success rates stay near 0.
-`SMALL = False` runs the setting of the multi-turn learning bar
-(`benchmarks/agents_learning.py`: a 2-layer width-64 model, up to 4 agent turns,
-4,096 demonstrations,
-SFT stopped at 20% greedy training success, 100 GRPO steps of 4 x 8 conversations,
-3 vmapped seeds), quick on a GPU. That bar (held-out success +20 points over SFT)
+conversations of up to 3 agent turns, 20 SFT steps at most, 4 GSPO steps of 2 x 4
+conversations; the programs of `docs/agents.md`'s example, so the suite compiles
+them once) shows the **mechanics** in well under a minute on a CPU, **not the
+learning**: its success rates stay near 0. `SMALL = False` runs one seed of the
+multi-turn learning bar's setting (`benchmarks/agents_learning.py`: a 2-layer
+width-64 model, up to 4 agent turns, 4,096 demonstrations, SFT stopped at 20%
+greedy training success, 100 GRPO steps of 4 x 8 conversations; the benchmark
+vmaps 3 seeds), quick on a GPU. That bar (held-out success +20 points over SFT)
 is **not met yet**: the measured run is in `benchmarks/results/agents_learning.md`.
 The guide is `docs/agents.md`.
 """)
@@ -56,10 +56,10 @@ if importlib.util.find_spec("convergence_jax") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", REPO], check=True)
 """)
 code("""
+import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -74,8 +74,6 @@ from convergence_jax.agents.task_env import (
 )
 
 SMALL = True  # False: the multi-turn learning bar's setting
-num_seeds = 1 if SMALL else 3
-keys = jax.random.split(jax.random.key(0), num_seeds)
 print(jax.devices())
 """)
 md("""
@@ -117,21 +115,18 @@ parsed):
 """)
 code("""
 model_config = lm.LMConfig(
-    vocab_size=tokenizer.vocab_size,
-    hidden_size=32 if SMALL else 64,
-    intermediate_size=64 if SMALL else 256,
-    num_layers=1 if SMALL else 2,
-    num_heads=2 if SMALL else 4,
-    num_kv_heads=2 if SMALL else 4,
-    head_dim=16,
-    rope_theta=1000.0,
+    vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+    num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
     max_position_embeddings=env.sequence_length,
-    eos_token_id=tokenizer.eos_id,
-    pad_token_id=tokenizer.pad_id,
 )
+if not SMALL:  # the learning bar's model
+    model_config = dataclasses.replace(
+        model_config, hidden_size=64, intermediate_size=256, num_layers=2,
+        num_heads=4, num_kv_heads=4, rope_theta=1000.0,
+    )
 sft = multiturn.make_multiturn_sft(
-    model_config, env, num_demos=64 if SMALL else 4096,
-    batch_size=16 if SMALL else 32,
+    model_config, env, num_demos=16 if SMALL else 4096,
+    batch_size=8 if SMALL else 32,
 )
 demo = to_trajectories(env, jax.tree.map(lambda x: x[:1], sft.demos))[0]
 for turn in demo.turns:
@@ -143,16 +138,17 @@ SFT minimizes the negative log-likelihood of the agent's tokens only (the user's
 the tool's tokens are attended to, not trained on). `run_until` trains until the
 greedy success on training scenarios (a probe set apart from the evaluation's)
 reaches the target, or `max_steps`: stopped early on purpose, so that RL has room.
-It is one `lax.while_loop`, so `jax.vmap` runs the seeds together.
+It is one `lax.while_loop`, so `jax.vmap` over initial states trains several
+seeds in one program (as the benchmark does).
 """)
 code("""
 start = time.perf_counter()
-warm, probe = jax.jit(jax.vmap(lambda s: sft.run_until(
+warm, probe = jax.jit(lambda s: sft.run_until(
     s, 0.2, 20 if SMALL else 3000, eval_every=10 if SMALL else 50,
     num_scenarios=8 if SMALL else 128,
-)))(jax.vmap(sft.init)(keys))
-print(f"SFT {time.perf_counter() - start:.0f} s | steps per seed:", warm.step,
-      "| probe success:", probe)
+))(sft.init(jax.random.key(0)))
+print(f"SFT {time.perf_counter() - start:.0f} s: {int(warm.step)} steps, greedy",
+      f"success on the training probe {float(probe):.2f}")
 """)
 md("""
 ## 3. Multi-turn GRPO
@@ -167,51 +163,46 @@ training scenarios.
 """)
 code("""
 config = llm.GRPOConfig(
-    loss="grpo", num_prompts=2 if SMALL else 4, group_size=4 if SMALL else 8,
-    learning_rate=5e-4,
+    loss="gspo" if SMALL else "grpo", num_prompts=2 if SMALL else 4,
+    group_size=4 if SMALL else 8, learning_rate=3e-4 if SMALL else 5e-4,
 )
 program = multiturn.make_multiturn_grpo(config, model_config, env)
 num_eval = 8 if SMALL else 128
 
 
-@jax.jit
-def held_out_and_train(params):  # [seeds, 2], compiled once
-    return jax.vmap(lambda p: jnp.stack([
-        program.evaluate(p, held_out=True, num_scenarios=num_eval),
-        program.evaluate(p, held_out=False, num_scenarios=num_eval),
-    ]))(params)
+def held_out_and_train(params):
+    return [float(program.evaluate(params, held_out=split, num_scenarios=num_eval))
+            for split in (True, False)]
 
 
 chunk = 2 if SMALL else 20
-run = jax.jit(jax.vmap(lambda s: program.run(s, None, chunk)))
-states = jax.vmap(program.init)(keys, warm.params)
+state = program.init(jax.random.key(1), warm.params)
 start = time.perf_counter()
-curve, sampled = [np.asarray(held_out_and_train(warm.params))], []
+curve, sampled = [held_out_and_train(warm.params)], []
 for _ in range(2 if SMALL else 5):
-    states, metrics = run(states)
-    sampled.append(np.asarray(metrics["success"]))
-    curve.append(np.asarray(held_out_and_train(states.params)))
-curve, sampled = np.stack(curve, 1), np.concatenate(sampled, 1)  # [seeds, ...]
+    state, metrics = program.run(state, num_steps=chunk)  # one lax.scan
+    sampled.extend(np.asarray(metrics["success"]))
+    curve.append(held_out_and_train(state.params))
+curve = np.array(curve)  # [evaluations, (held out, train)]
 print(f"GRPO {time.perf_counter() - start:.0f} s")
-print("held-out success per seed, SFT -> GRPO:", curve[:, 0, 0], "->", curve[:, -1, 0])
-print("training success per seed, SFT -> GRPO:", curve[:, 0, 1], "->", curve[:, -1, 1])
+print("greedy success, SFT -> GRPO: held out", curve[0, 0], "->", curve[-1, 0],
+      "| train", curve[0, 1], "->", curve[-1, 1])
 """)
+
 code("""
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-steps = np.arange(curve.shape[1]) * chunk
-for s in range(num_seeds):
-    (line,) = axes[0].plot(steps, curve[s, :, 0], marker="o",
-                           label=f"seed {s} held out")
-    axes[0].plot(steps, curve[s, :, 1], "--", color=line.get_color(),
-                 label=f"seed {s} train")
-    axes[1].plot(np.arange(1, sampled.shape[1] + 1), sampled[s], label=f"seed {s}")
+steps = np.arange(len(curve)) * chunk
+axes[0].plot(steps, curve[:, 0], marker="o", label="held out")
+axes[0].plot(steps, curve[:, 1], marker="o", label="train")
+axes[1].plot(np.arange(1, len(sampled) + 1), sampled)
 axes[0].set(xlabel="GRPO step (0 = after SFT)", ylabel="greedy success", ylim=(0, 1))
+axes[0].legend()
 axes[1].set(xlabel="GRPO step", ylabel="sampled success (training)", ylim=(0, 1))
 for ax in axes:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
 plt.show()
 """)
+
 md("""
 ## 4. The trained model as a chat agent
 
@@ -225,7 +216,7 @@ function calling (`ToolAgent`) and other models (`StubBackend`, `OpenAIBackend`
 for any OpenAI-compatible endpoint): `docs/agents.md`.
 """)
 code("""
-params = jax.tree.map(lambda x: x[0], states.params)  # seed 0
+params = state.params
 agent = MultiTurnAgent(JaxBackend(
     params, model_config, tokenizer, max_new_tokens=env.turn_tokens,
     min_prompt_bucket=env.sequence_length,  # one prompt bucket: one compile
@@ -281,12 +272,12 @@ code("""
 folder = export.save_agent(
     "runs/cs-agent", params, model_config, tokenizer, name="cs-agent",
     generation={"temperature": 0.0, "max_tokens": env.turn_tokens},
-    metadata={"held_out_success": float(curve[0, -1, 0])},
+    metadata={"held_out_success": float(curve[-1, 0])},
 )
 loaded, loaded_config, _, meta = export.load_agent(folder)
 same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params, loaded)
 chat_agent, _ = export.load_chat_agent(folder)
-question = messages[:1]
+question = messages[:5]  # up to the tool's reply: the same prompt bucket
 print(meta.name, meta.metadata, "| weights identical:", all(jax.tree.leaves(same)))
 print("reloaded agent:", repr(chat_agent.generate_response(question)),
       "| before saving:", repr(agent.generate_response(question)))
