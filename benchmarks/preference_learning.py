@@ -50,6 +50,10 @@ class Args:
     """The task of the pairs (experiments/preference.py --task)."""
     size: int = 4
     """Its size (digits per addend, or sequence length)."""
+    num_pairs: int = 16384
+    """Distinct prompts in the preference set (train + held-out)."""
+    held_out: int = 512
+    """Of them, held-out pairs."""
     steps: int = 1000
     """Updates per run."""
     batch_size: int = 32
@@ -90,6 +94,8 @@ def main(args: Args) -> None:
             loss=loss,
             task=args.task,
             size=args.size,
+            num_pairs=args.num_pairs,
+            held_out=args.held_out,
             steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

@@ -53,7 +53,7 @@ class Config:
     """The task whose answers make the pairs (convergence_jax.llm.tasks)."""
     size: int = 4
     """Digits per addend (addition) or sequence length (the others)."""
-    num_pairs: int = 4096
+    num_pairs: int = 16384
     """Distinct prompts in the set (train + held-out)."""
     held_out: int = 512
     """Of them, the held-out pairs (never trained on)."""
