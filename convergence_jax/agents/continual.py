@@ -83,6 +83,9 @@ The pieces (pure, safe under jit / vmap / scan):
 
   After several switches the Fishers add up and ``theta*`` is the latest switch
   (the "online" form of Huszár 2018 / Schwarz et al. 2018, with no decay).
+  ``fisher_normalize=True`` divides each task's Fisher by its mean over all
+  parameters first, so ``lambda`` is relative to the Fisher's own scale (which
+  shrinks as a run fits the task).
 
 `make_continual` puts them together: the SFT loss of `convergence_jax.llm.sft_loss`
 (the masked next-token NLL) plus the method's regularizer, AdamW through
@@ -683,6 +686,7 @@ def make_continual(
     fisher_examples: int = 256,
     fisher_chunk: int = 64,
     fisher_targets: str = "data",
+    fisher_normalize: bool = False,
     lwf_positions: str = "trained",
     lwf_targets: str = "data",
     seq_len: int | None = None,
@@ -703,6 +707,11 @@ def make_continual(
         fisher_chunk: rows per per-example-gradient chunk of the Fisher.
         fisher_targets: EWC's Fisher from the data's targets (``"data"``, the
             empirical Fisher) or from the model's own samples (``"model"``).
+        fisher_normalize: divide each task's Fisher by its mean over every
+            parameter before adding it, so ``lambda`` is the penalty's strength
+            relative to the Fisher's own scale (the empirical Fisher shrinks as
+            the model fits the task, so the same ``lambda`` is weaker for a run
+            that fit better).
         lwf_positions: where LwF's KL is taken, ``"trained"`` (the new task's
             trained tokens) or ``"all"`` (every real position of its rows);
             with ``lwf_targets="frozen"``, the rollout's positions.
@@ -815,6 +824,11 @@ def make_continual(
                 state.params, model_config, rows, int(fisher_chunk),
                 None if fisher_targets == "data" else k_targets,
             )  # fmt: skip
+            if fisher_normalize:
+                total = sum(jnp.sum(f) for f in jax.tree.leaves(fresh))
+                size = sum(f.size for f in jax.tree.leaves(fresh))
+                scale = size / jnp.maximum(total, 1e-30)
+                fresh = jax.tree.map(lambda f: f * scale, fresh)
             fisher = jax.tree.map(jnp.add, fisher, fresh)
         return state.replace(anchor=state.params, fisher=fisher)
 

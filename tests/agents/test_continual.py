@@ -365,7 +365,8 @@ def _chat(reply: str) -> MultiTurnTrajectory:
 @pytest.mark.parametrize("method", ["lwf", "lwf_frozen", "ewc"])
 def test_trainer_penalties_on_trajectories(method):
     """Tokenized trajectories as the two tasks; the penalty is 0 in phase 0 and
-    positive after the switch (the policy moves away from theta*)."""
+    positive after the switch (the policy moves away from theta*); LwF also on
+    the frozen policy's continuations, EWC with the normalized Fisher."""
     data_a = tokenize_trajectories([_chat("yes"), _chat("sure")], TOKENIZER)
     data_b = tokenize_trajectories([_chat("no way"), _chat("nope")], TOKENIZER)
     program = make_continual(
@@ -373,6 +374,7 @@ def test_trainer_penalties_on_trajectories(method):
         [(0, 3), (1, 3)], method=method.removesuffix("_frozen"), batch_size=4,
         fisher_examples=8, fisher_chunk=4,
         lwf_targets="frozen" if method == "lwf_frozen" else "data",
+        fisher_normalize=True,
     )  # fmt: skip
     hparams = ContinualHParams.create(
         sft=SFTHParams.create(learning_rate=1e-2), lwf_beta=1.0, ewc_lambda=10.0
@@ -384,6 +386,10 @@ def test_trainer_penalties_on_trajectories(method):
     if method == "ewc":
         assert min(float(f.max()) for f in jax.tree.leaves(state.fisher)) >= 0.0
         assert max(float(f.max()) for f in jax.tree.leaves(state.fisher)) > 0.0
+        # fisher_normalize: the task's Fisher has mean 1 over every parameter
+        leaves = jax.tree.leaves(state.fisher)
+        mean = sum(float(f.sum()) for f in leaves) / sum(f.size for f in leaves)
+        assert abs(mean - 1.0) < 1e-4, mean
     # the trained tokens are the assistant's only
     assert np.all(np.isfinite(np.asarray(metrics[1]["loss"])))
 
