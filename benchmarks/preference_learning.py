@@ -62,10 +62,10 @@ class Args:
     """AdamW step size (both losses)."""
     dpo_beta: float = 1.0
     """DPO's beta."""
-    simpo_beta: float = 2.0
-    """SimPO's beta."""
-    simpo_gamma: float = 1.0
-    """SimPO's gamma."""
+    simpo_beta: float = 2.5
+    """SimPO's beta (TRL's paper recipe, 2.5)."""
+    simpo_gamma: float = 1.375
+    """SimPO's gamma (TRL's paper recipe, 1.375)."""
     num_seeds: int = 3
     """Seeds, vmapped."""
     eval_every: int = 100

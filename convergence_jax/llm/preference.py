@@ -4,14 +4,15 @@ rejected) pairs against a frozen reference.
 
     from convergence_jax import lm, llm
 
-    recipe = llm.AdditionWarmup()
-    config, task = recipe.model_config(), recipe.task()
-    data = llm.synthetic_preferences(task, num_pairs=2048, seed=0)
-    pref = llm.make_preference(config, "dpo", batch_size=32)
+    config = llm.AdditionWarmup().model_config()     # 2 layers, width 64, bytes
+    task = llm.tasks.reverse(4, lm.ByteTokenizer())
+    data = llm.synthetic_preferences(task, num_pairs=16384, seed=0, held_out=512)
+    hparams = llm.PreferenceHParams.create(learning_rate=3e-3, beta=1.0)
+    pref = llm.make_preference(config, "dpo", batch_size=32, hparams=hparams)
     keys = jnp.stack([jax.random.key(seed) for seed in range(3)])
     state = jax.vmap(pref.init)(keys)                 # reference = initial policy
     state, metrics = jax.jit(jax.vmap(
-        lambda s: pref.run(s, data.train, num_steps=300)))(state)
+        lambda s: pref.run(s, data.train, num_steps=1000)))(state)
     scores = jax.vmap(lambda s: pref.evaluate(s, data.held_out))(state)
     scores["win_rate"]                                # [3]
 
