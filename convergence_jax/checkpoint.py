@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -118,12 +119,29 @@ def _target(like: Any):
     )
 
 
+def _placed_like(x: Any, data: Any) -> Any:
+    """``data`` committed to a device only where ``x`` is: orbax places every
+    restored array on a device explicitly, and a jitted program called with
+    committed arrays where it was compiled with uncommitted ones (a fresh init
+    or another program's output) compiles again."""
+    if (
+        isinstance(data, jax.Array)
+        and data.committed
+        and not (isinstance(x, jax.Array) and x.committed)
+    ):
+        return jnp.asarray(np.asarray(data))
+    return data
+
+
 def _rewrap(like: Any, stored: Any) -> Any:
     return jax.tree.map(
         lambda x, data: (
-            jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+            jax.random.wrap_key_data(
+                _placed_like(jax.random.key_data(x), data),
+                impl=jax.random.key_impl(x),
+            )
             if _is_key(x)
-            else data
+            else _placed_like(x, data)
         ),
         like,
         stored,

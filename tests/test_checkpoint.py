@@ -36,6 +36,28 @@ def test_round_trip_with_typed_keys(tmp_path):
     )
 
 
+def test_restored_state_reuses_the_compiled_program(tmp_path):
+    """A restored tree is placed as ``like`` is (uncommitted here), so a program
+    compiled on the live state runs the restored one without compiling again;
+    a ``like`` committed to a device gives committed arrays."""
+    step = jax.jit(lambda t: jax.tree.map(lambda x: x, t))
+    live = step(tree(1))
+    checkpoint.save(tmp_path / "c", live, step=1)
+    restored = checkpoint.restore(tmp_path / "c", like=tree(0))
+    assert not any(x.committed for x in jax.tree.leaves(restored))
+    step(restored)
+    assert step._cache_size() == 1
+    pinned = jax.device_put(tree(0), jax.devices()[0])
+    again = checkpoint.restore(tmp_path / "c", like=pinned)
+    assert all(x.committed for x in jax.tree.leaves(again))
+    np.testing.assert_array_equal(again["w"], live["w"])
+    tree_path = checkpoint.save_tree(tmp_path / "t", live)
+    assert not any(
+        x.committed
+        for x in jax.tree.leaves(checkpoint.restore_tree(tree_path, tree(0)))
+    )
+
+
 def test_steps_latest_overwrite_and_max_to_keep(tmp_path):
     d = tmp_path / "c"
     assert checkpoint.latest_step(d) is None
