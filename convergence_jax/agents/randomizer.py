@@ -49,6 +49,22 @@ CUSTOMER_SERVICE_PERSONAS = (
     "Hello, it's Ana.",
     "Greetings.",
     "Yo.",
+    "Good evening.",
+    "Hey.",
+    "Hi there!",
+    "Howdy.",
+    "Hello, Raj here.",
+    "Hi, it's Li.",
+    "Morning!",
+    "Good day.",
+    "Hey, Kim here.",
+    "Hiya.",
+    "Hello there.",
+    "Hi, Omar here.",
+    "Evening.",
+    "Hi all.",
+    "Salut.",
+    "Hey, it's Bo.",
 )
 CUSTOMER_SERVICE_TOPICS = (
     "I want a refund.",
@@ -59,17 +75,45 @@ CUSTOMER_SERVICE_TOPICS = (
     "My order was bad, refund?",
     "I need a refund now.",
     "Is a refund possible?",
+    "I want my money back.",
+    "Can you refund me?",
+    "Please give me a refund.",
+    "I'd like a refund.",
+    "Refund my order.",
+    "My item broke. Refund?",
+    "I want to return this.",
+    "Money back, please.",
+    "Can I return my order?",
+    "I need my money back.",
+    "Refund, please.",
+    "Could I get a refund?",
+    "I demand a refund.",
+    "Please issue a refund.",
+    "I'd like my money back.",
+    "Return and refund, pls.",
 )
-CUSTOMER_SERVICE_STYLES = (
-    "It is {order_id}.",
-    "{order_id}",
-    "Order {order_id}.",
-    "Sure: {order_id}",
-    "#{order_id}",
-    "The id is {order_id}.",
-    "ok {order_id} thanks",
-    "It's {order_id}!",
+_STYLE_PREFIXES = (
+    "It is ",
+    "",
+    "Order ",
+    "Sure: ",
+    "#",
+    "The id is ",
+    "ok ",
+    "It's ",
+    "id ",
+    "Here: ",
+    "My order: ",
+    "Yes, ",
 )
+_STYLE_SUFFIXES = ("", ".", "!", " thanks", ", thanks.", " is mine.")
+CUSTOMER_SERVICE_STYLES = tuple(
+    f"{prefix}{{order_id}}{suffix}"
+    for prefix in _STYLE_PREFIXES
+    for suffix in _STYLE_SUFFIXES
+)
+"""72 reply templates: every prefix with every suffix (``"It is {order_id}"``
+first, the default)."""
 
 
 class UserProfile(NamedTuple):
@@ -146,7 +190,15 @@ class DomainRandomizer:
     @classmethod
     def customer_service(cls, strength: float | Mapping[str, float] = 0.5):
         """The customer-service users (greeting, refund request, order-id reply
-        template with ``{order_id}``), 8 options per factor."""
+        template with ``{order_id}``): 24 personas, 24 topics and 72 styles (12
+        prefixes x 6 suffixes around the id). Varied on purpose (measured after
+        the SFT warm-up of `benchmarks/agents_learning.py`, seed 0): with 8
+        options per factor (6 for training after `split`) the model asked
+        held-out users for their id in 49% of conversations (100% for training
+        users; strength 0.7); with 24 personas and topics in 98%, but with 16
+        whole reply templates it copied the id from a held-out template in 5% of
+        conversations (62% from training ones: its copy pointer slipped by a
+        digit); with the 72 compositional templates (strength 0.92) in 44% (57%)."""
         return cls(strength=strength)
 
     def options(self, factor: str) -> tuple[str, ...]:
