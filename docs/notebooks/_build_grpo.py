@@ -27,8 +27,8 @@ cache, the reward, the advantages and the minibatch updates of every step, and a
 run as one `lax.scan`, so `jax.vmap` trains several seeds at once. This notebook warms
 a 2-layer transformer up by supervised fine-tuning on 2-digit addition, then improves
 it by RL with the task's verifiable reward, and saves and restores the run.
-`SMALL = True` (the default, used by the test suite: 2 seeds, at most 200 SFT
-steps, 20 RL steps) shows the mechanics in about a minute on a CPU, not the
+`SMALL = True` (the default, used by the test suite: 2 seeds, at most 100 SFT
+steps, 10 RL steps) shows the mechanics in about a minute on a CPU, not the
 learning; `SMALL = False` runs the learning bar's setting (3 seeds, the full
 warm-up, 600 RL steps, `benchmarks/grpo_learning.py`), quick on a GPU. The guide
 is `docs/llm.md`.
@@ -57,8 +57,8 @@ from convergence_jax import checkpoint, llm
 
 SMALL = True  # False: the learning bar's full setting
 recipe = llm.AdditionWarmup()  # the measured warm-up (see its docstring)
-if SMALL:  # at most 200 SFT steps: a seed may stop before its jump
-    recipe = llm.AdditionWarmup(max_steps=200)
+if SMALL:  # at most 100 SFT steps: a seed may stop before its jump
+    recipe = llm.AdditionWarmup(max_steps=100)
 task, model_config = recipe.task(), recipe.model_config()
 num_seeds = 2 if SMALL else 3
 keys = jax.random.split(jax.random.key(0), num_seeds)
@@ -107,11 +107,11 @@ config = llm.GRPOConfig(loss="grpo", num_prompts=16, group_size=8, num_epochs=2,
                         max_new_tokens=task.answer_length + 4, learning_rate=2e-4)
 program = llm.make_grpo(config, model_config, task._replace(reward=task.exact_match))
 states = jax.vmap(program.init)(keys, sft_states.params)
-chunk = 10 if SMALL else 50
+chunk = 5 if SMALL else 50
 run = jax.jit(jax.vmap(lambda s: program.run(s, None, chunk)))
 
 curve, rewards = [np.asarray(before["exact_match"])], []
-for _ in range(2 if SMALL else 12):  # SMALL: 2 x 10 steps
+for _ in range(2 if SMALL else 12):  # SMALL: 2 x 5 steps
     states, metrics = run(states)
     rewards.append(np.asarray(metrics["reward"]))
     curve.append(np.asarray(held_out(states.params)["exact_match"]))
