@@ -82,6 +82,7 @@ def load_experiment():
 
 
 def main(args: Args) -> None:
+    machine = machine_info()  # the load before the runs
     experiment = load_experiment()
     out_root = RESULTS / "preference_learning"
     loss_settings = {
@@ -109,7 +110,6 @@ def main(args: Args) -> None:
         seconds[loss] = time.perf_counter() - start
         print(f"{loss}: win rate {np.round(runs[loss]['win_rate_after'], 3)}")
     load = os.getloadavg()[0]
-    machine = machine_info()
     result = {
         "machine": machine,
         "args": dataclasses.asdict(args),
