@@ -63,11 +63,13 @@ from convergence_jax.agents.export import (
 from convergence_jax.agents.judge import JudgeError, LLMJudge, parse_score
 from convergence_jax.agents.multiturn import (
     PROFILES,
+    TURN_CREDIT,
     MultiTurnGRPO,
     MultiTurnSFT,
     make_multiturn_grpo,
     make_multiturn_sft,
     train,
+    turn_gae,
 )
 from convergence_jax.agents.randomizer import DomainRandomizer, UserProfile
 from convergence_jax.agents.reward_model import (
@@ -140,6 +142,7 @@ __all__ = [
     "MultiTurnSFT",
     "OpenAIBackend",
     "PROFILES",
+    "TURN_CREDIT",
     "Plan",
     "ReplayBuffer",
     "Scenario",
@@ -162,6 +165,7 @@ __all__ = [
     "make_continual",
     "make_multiturn_grpo",
     "make_multiturn_sft",
+    "turn_gae",
     "make_schedule",
     "parse_score",
     "parse_tool_calls",
