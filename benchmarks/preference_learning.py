@@ -17,7 +17,8 @@ length, so summed and mean log-probs rank alike). Also reported: each loss's
 own reward accuracy on the held-out pairs (TRL's ``rewards/accuracies``). Writes
 ``benchmarks/results/preference_learning.{json,md}`` and each run's
 ``metrics.jsonl`` / ``summary.json`` under
-``benchmarks/results/preference_learning/<loss>/``.
+``benchmarks/results/preference_learning/<loss>/`` (the summaries are committed;
+the per-step ``metrics.jsonl``, about 1 MB each, are git-ignored).
 """
 
 from __future__ import annotations
