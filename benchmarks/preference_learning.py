@@ -55,7 +55,7 @@ class Args:
     """Distinct prompts in the preference set (train + held-out)."""
     held_out: int = 512
     """Of them, held-out pairs."""
-    steps: int = 1000
+    steps: int = 3000
     """Updates per run."""
     batch_size: int = 32
     """Pairs per update."""
@@ -69,7 +69,7 @@ class Args:
     """SimPO's gamma (TRL's paper recipe, 1.375)."""
     num_seeds: int = 3
     """Seeds, vmapped."""
-    eval_every: int = 100
+    eval_every: int = 250
     """Steps between held-out evaluations."""
 
 
