@@ -63,10 +63,11 @@ class Args:
     """AdamW step size (both losses)."""
     dpo_beta: float = 1.0
     """DPO's beta."""
-    simpo_beta: float = 2.5
-    """SimPO's beta (TRL's paper recipe, 2.5)."""
-    simpo_gamma: float = 1.375
-    """SimPO's gamma (TRL's paper recipe, 1.375)."""
+    simpo_beta: float = 10.0
+    """SimPO's beta (SAO's recipe, 10; with TRL's paper recipe, 2.5 / 1.375, the
+    held-out win rate after 3000 steps was 84.4 / 90.2 / 86.5%)."""
+    simpo_gamma: float = 3.0
+    """SimPO's gamma (SAO's recipe, 3; TRL's: 1.375)."""
     num_seeds: int = 3
     """Seeds, vmapped."""
     eval_every: int = 250
