@@ -100,8 +100,17 @@ class Config:
 
 
 def _check(config: Config) -> None:
-    for name in ("size", "num_pairs", "held_out", "num_seeds", "steps",
-                 "batch_size", "eval_every", "hidden_size", "num_layers"):  # fmt: skip
+    for name in (
+        "size",
+        "num_pairs",
+        "held_out",
+        "num_seeds",
+        "steps",
+        "batch_size",
+        "eval_every",
+        "hidden_size",
+        "num_layers",
+    ):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"Config.{name}: expected an int >= 1, got {value!r}")
@@ -206,8 +215,9 @@ def main(config: Config) -> dict:
             print(f"step {step}: held-out win rate per seed {win}", flush=True)
     for step, scores in evals:
         for seed in range(config.num_seeds):
-            lines.append({"eval": True, "seed": seed, "step": step,
-                          **_floats(scores, seed)})  # fmt: skip
+            lines.append(
+                {"eval": True, "seed": seed, "step": step, **_floats(scores, seed)}
+            )
     total_time = time.perf_counter() - start
     with open(out_dir / "metrics.jsonl", "w") as f:
         for row in lines:

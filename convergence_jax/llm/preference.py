@@ -200,9 +200,13 @@ def robust_dpo_loss(
     _check_pairs("robust_dpo_loss", pi_w=pi_w, pi_l=pi_l, ref_w=ref_w, ref_l=ref_l)
     _check_number("robust_dpo_loss", "beta", beta, low=0.0, low_open=True)
     _check_number(
-        "robust_dpo_loss", "label_smoothing", label_smoothing, 0.0, 0.5,
+        "robust_dpo_loss",
+        "label_smoothing",
+        label_smoothing,
+        0.0,
+        0.5,
         high_open=True,
-    )  # fmt: skip
+    )
     logits = beta * _margin(pi_w, pi_l, ref_w, ref_l)
     eps = label_smoothing
     return (
@@ -690,8 +694,12 @@ def make_preference(
         params, opt_state, grad_norm, lr = adamw_update(
             moments, grads, state.opt_state, state.params, state.step, hp.optim
         )
-        metrics = {**metrics, "loss": value, "grad_norm": grad_norm,
-                   "learning_rate": lr}  # fmt: skip
+        metrics = {
+            **metrics,
+            "loss": value,
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+        }
         state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return state, metrics
 
@@ -700,8 +708,9 @@ def make_preference(
         index = jax.random.choice(key, size, (batch_size,), replace=False)
         return PreferenceBatch(*(x[index] for x in data))
 
-    def run(state: PreferenceState, data: PreferenceBatch, hparams=None,
-            num_steps: int = 1):  # fmt: skip
+    def run(
+        state: PreferenceState, data: PreferenceBatch, hparams=None, num_steps: int = 1
+    ):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
             raise ValueError(f"run: num_steps must be an int, got {num_steps!r}")
         if num_steps < 0:
@@ -864,7 +873,7 @@ def synthetic_preferences(
                     answer_mask,
                     rejected,
                     answer_mask,
-                )  # fmt: skip
+                )
             )
         )
 

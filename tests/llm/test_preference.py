@@ -167,14 +167,20 @@ def test_losses_under_jit_and_vmap_over_parameters():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: P.dpo_loss(jnp.zeros(3), jnp.zeros(4), jnp.zeros(3), jnp.zeros(3)),
-         "dpo_loss: expected per-pair"),
-        (lambda: P.simpo_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3))),
-         "simpo_loss: expected per-pair"),
+        (
+            lambda: P.dpo_loss(jnp.zeros(3), jnp.zeros(4), jnp.zeros(3), jnp.zeros(3)),
+            "dpo_loss: expected per-pair",
+        ),
+        (
+            lambda: P.simpo_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3))),
+            "simpo_loss: expected per-pair",
+        ),
         (lambda: P.dpo_loss(*[jnp.zeros(2)] * 4, beta=0.0), "beta must be finite > 0"),
         (lambda: P.ipo_loss(*[jnp.zeros(2)] * 4, beta=-1.0), "beta"),
-        (lambda: P.robust_dpo_loss(*[jnp.zeros(2)] * 4, 0.1, 0.5),
-         r"label_smoothing must be finite in \[0.0, 0.5\)"),
+        (
+            lambda: P.robust_dpo_loss(*[jnp.zeros(2)] * 4, 0.1, 0.5),
+            r"label_smoothing must be finite in \[0.0, 0.5\)",
+        ),
         (lambda: P.cdpo_loss(*[jnp.zeros(2)] * 4, 0.1, 1.5), "label_smoothing"),
         (lambda: P.simpo_loss(jnp.zeros(2), jnp.zeros(2), 1.0, float("nan")), "gamma"),
         (lambda: P.orpo_loss(jnp.zeros(2), jnp.zeros(2), -0.1), "orpo_lambda"),
@@ -182,7 +188,7 @@ def test_losses_under_jit_and_vmap_over_parameters():
         (lambda: P.make_preference(CONFIG, "kto", batch_size=2), "unknown preference"),
         (lambda: P.make_preference(CONFIG, "dpo", batch_size=0), "batch_size"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_fails_clearly(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -208,9 +214,13 @@ def test_sequence_logprobs_match_forward_logits():
     params = _init(1)
     batch = _data().train
     out = jax.jit(P.sequence_logprobs, static_argnums=1)(
-        params, CONFIG, batch.prompt_tokens, batch.prompt_mask, batch.rejected,
+        params,
+        CONFIG,
+        batch.prompt_tokens,
+        batch.prompt_mask,
+        batch.rejected,
         batch.rejected_mask,
-    )  # fmt: skip
+    )
     tokens = np.concatenate([batch.prompt_tokens, batch.rejected], 1)
     mask = np.concatenate([batch.prompt_mask, batch.rejected_mask], 1)
     forward = jax.jit(lm.forward, static_argnums=1)
@@ -249,9 +259,11 @@ def test_reference_gets_no_gradient():
 def test_dpo_run_starts_at_ln2_is_a_scan_vmapped_over_seeds_reference_frozen():
     data = _data()
     pref = P.make_preference(
-        CONFIG, "dpo", batch_size=8,
+        CONFIG,
+        "dpo",
+        batch_size=8,
         hparams=P.PreferenceHParams.create(learning_rate=3e-3, beta=1.0),
-    )  # fmt: skip
+    )
     keys = jnp.stack([jax.random.key(s) for s in range(2)])
     state0 = jax.jit(jax.vmap(pref.init))(keys)
     run = jax.jit(jax.vmap(lambda s: pref.run(s, data.train, num_steps=25)))
@@ -263,8 +275,11 @@ def test_dpo_run_starts_at_ln2_is_a_scan_vmapped_over_seeds_reference_frozen():
     np.testing.assert_allclose(metrics["rewards_margins"][:, 0], 0.0, atol=1e-6)
     np.testing.assert_array_equal(metrics["rewards_accuracies"][:, 0], 0.0)
     np.testing.assert_array_equal(state.step, [25, 25])
-    for a, b in zip(jax.tree.leaves(state.ref_params),
-                    jax.tree.leaves(state0.ref_params), strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(state.ref_params),
+        jax.tree.leaves(state0.ref_params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(
         jax.tree.leaves(state.params)[0], jax.tree.leaves(state0.params)[0]
@@ -376,8 +391,9 @@ def test_synthetic_preferences_are_disjoint_one_token_corruptions():
         # The chosen completion is the task's answer: it scores exact.
         prompts = np.asarray(batch.prompt_tokens)
         texts = TOKENIZER.decode_batch(prompts, np.asarray(batch.prompt_mask))
-        answers = TOKENIZER.decode_batch(chosen, np.asarray(batch.chosen_mask),
-                                         skip_special_tokens=True)  # fmt: skip
+        answers = TOKENIZER.decode_batch(
+            chosen, np.asarray(batch.chosen_mask), skip_special_tokens=True
+        )
         for text, answer in zip(texts, answers, strict=True):
             a, b = text.rstrip("=").split("+")
             assert int(answer) == int(a) + int(b)
