@@ -34,6 +34,7 @@ __all__ = [
     "PricingConfig",
     "ResponseConfig",
     "ObjectiveConfig",
+    "SocietyConfig",
     "OptimizeConfig",
     "OptimizerConfig",
     "OutputConfig",
@@ -242,6 +243,89 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class SocietyLearningConfig:
+    """Which of the society's agents run."""
+
+    rlp_enabled: bool = True
+    """RLP: reasons about the search and proposes children, rewarded by information
+    gain."""
+    sao_enabled: bool = True
+    """SAO: turns the history into preference pairs (JSONL) every sao.every
+    generations."""
+
+
+@dataclass(frozen=True)
+class SocietyLLMConfig:
+    """The society's LLM: an OpenAI-compatible endpoint or our JAX model."""
+
+    model: str | None = None
+    """Model name sent to the endpoint (e.g. gpt-4o-mini), or
+    'jax:path/to/agent_checkpoint' (relative to the config file) for our JAX model."""
+    base_url: str | None = None
+    """Base URL of an OpenAI-compatible API (…/v1); not for a jax: model."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key (none: no Authorization header)."""
+    temperature: float = 0.7
+    """Sampling temperature of RLP's proposals (predictions and judgements use 0)."""
+    max_tokens: int = 1024
+    """Longest reply."""
+    timeout_s: float = 60.0
+    """Seconds before one request is abandoned (and retried)."""
+    retries: int = 1
+    """Retries after a 429, a 5xx, a timeout or a connection error."""
+    backoff_s: float = 0.5
+    """First retry delay; doubles each retry, with full jitter."""
+
+
+@dataclass(frozen=True)
+class RlpConfig:
+    """The RLP agent."""
+
+    proposals: int = 2
+    """Configurations it proposes per generation; each replaces a non-elite child."""
+    history: int = 8
+    """Best configurations (with their mean rewards) shown in its prompt."""
+    information_gain: bool = True
+    """Reward its reasoning: two prediction calls per generation (without / with)."""
+
+
+@dataclass(frozen=True)
+class SaoConfig:
+    """The SAO agent."""
+
+    every: int = 2
+    """Generations between rounds (a round also follows the last generation)."""
+    pairs_per_round: int = 32
+    """Pairs drawn from the history per round (before filtering)."""
+    context_size: int = 4
+    """Measured configurations shown in each pair's prompt."""
+    min_margin: float = 0.0
+    """Skip pairs whose mean rewards differ by less."""
+    judge: bool = False
+    """The LLM ranks each pair ('ranking: A > B'); its pick is the chosen reply."""
+    min_length: int = 1
+    """filter_pairs: shortest reply (words)."""
+    max_length: int = 2048
+    """filter_pairs: longest reply (words)."""
+    dedup_threshold: float = 0.9
+    """filter_pairs: drop a pair whose prompt's word-3-gram Jaccard similarity to a
+    kept prompt is at least this."""
+    file: str = "sao_pairs.jsonl"
+    """File in the output folder (.jsonl or .json), rewritten every round."""
+
+
+@dataclass(frozen=True)
+class SocietyConfig:
+    """The optimizer's society: an LLM beside the GA (python and http objectives)."""
+
+    enabled: bool = False
+    learning: SocietyLearningConfig = field(default_factory=SocietyLearningConfig)
+    llm: SocietyLLMConfig = field(default_factory=SocietyLLMConfig)
+    rlp: RlpConfig = field(default_factory=RlpConfig)
+    sao: SaoConfig = field(default_factory=SaoConfig)
+
+
+@dataclass(frozen=True)
 class OptimizeConfig:
     """A whole optimization run."""
 
@@ -254,6 +338,8 @@ class OptimizeConfig:
     """Metrics the objective returns, with goals, weights and bounds."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    society: SocietyConfig = field(default_factory=SocietyConfig)
+    """The optional LLM society (RLP proposals, SAO preference pairs)."""
     base_dir: Annotated[str, tyro.conf.Suppress] = "."
     """Folder the config file was read from (file targets are relative to it)."""
 
@@ -423,6 +509,10 @@ def validate(config: OptimizeConfig) -> None:
         _positive("optimizer.mutation_std", opt.mutation_std)
     _positive("output.top_k", config.output.top_k)
     reward_spec(config)
+    if config.society.enabled:
+        from convergence_jax.optimize.society import check_society_config
+
+        check_society_config(config)
 
 
 def reward_spec(config: OptimizeConfig) -> RewardSpec:

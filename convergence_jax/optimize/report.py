@@ -177,4 +177,8 @@ def write_report(out: Path, config, records: list[dict[str, Any]], reward) -> No
         lines += ["", "## Failed evaluations (first 20)", ""]
         for g, e in failures[:20]:
             lines.append(f"- generation {g}, `{json.dumps(e['config'])}`: {e['error']}")
+    if getattr(config, "society", None) is not None and config.society.enabled:
+        from convergence_jax.optimize.society import society_report_lines
+
+        lines += society_report_lines(records)
     (out / "report.md").write_text("\n".join(lines) + "\n")

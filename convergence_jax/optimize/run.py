@@ -379,9 +379,21 @@ def _host_objective(config: OptimizeConfig):
 
 
 def _run_host(
-    config, me, params, reward, progress, records, on_generation, checkpoint, clock
+    config,
+    me,
+    params,
+    reward,
+    progress,
+    records,
+    on_generation,
+    checkpoint,
+    clock,
+    society=None,
 ):
     """Host loop; appends one record per finished generation to ``records``.
+
+    A ``society`` (``optimize.society.Society``) may replace some children before a
+    generation is evaluated and adds ``record["society"]`` after it.
 
     With ``clock["resume"]`` it first restores the run saved in ``checkpoint`` and
     sets ``clock["before"]`` to the seconds that run had taken.
@@ -481,6 +493,8 @@ def _run_host(
     try:
         for g in range(first, config.optimizer.generations):
             key, k_first, k_evolve = jax.random.split(key, 3)
+            if society is not None:
+                state = society.propose(g, state, records)
             arms = jnp.arange(me.population_size)
             state, rows = evaluate(state, arms, k_first, g, 0)
             for r in range(me.num_rounds):
@@ -489,7 +503,11 @@ def _run_host(
                 state, more = evaluate(state, arms, k_observe, g, r + 1)
                 rows += more
             state, ended = evolve(k_evolve, state, params)
-            records.append(_generation_record(space, g, _to_host(ended), rows))
+            record = _generation_record(space, g, _to_host(ended), rows)
+            if society is not None:
+                last = g == config.optimizer.generations - 1
+                society.observe(record, records, last=last)
+            records.append(record)
             seconds = clock["before"] + time.perf_counter() - start
             checkpoint.save(state, key, records, seconds)
             on_generation(records)
@@ -550,6 +568,10 @@ def _write_results(out, config, me, records, status, seconds):
         "evaluations_per_generation": me.evaluations_per_generation,
         "generations": records,
     }
+    if config.society.enabled:
+        from convergence_jax.optimize.society import contributions
+
+        detail["society"] = contributions(records)
     _atomic_write(out / "detailed_results.json", json.dumps(detail, indent=1))
 
 
@@ -559,6 +581,7 @@ def run_optimization(
     progress: bool = True,
     write: bool = True,
     resume: bool = False,
+    society_backend=None,
 ) -> OptimizationResult:
     """Run Thompson sampling + evolution as a config describes.
 
@@ -571,6 +594,9 @@ def run_optimization(
         evaluations of the interrupted generation already settled are reused, so
         none is repeated; for a deterministic objective the results equal those of
         an uninterrupted run.
+      society_backend: the society's LLM as any object with the agents' backend
+        ``complete(messages, temperature=...)`` (e.g. ``agents.agent.JaxBackend`` over
+        a model in memory); default: the one ``config.society.llm`` names.
     """
     if isinstance(config, str | Path):
         config = load_config(config)
@@ -601,7 +627,12 @@ def run_optimization(
     records: list[dict[str, Any]] = []
     status = "interrupted"
     clock = {"before": 0.0, "resume": resume}
+    society = None
     try:
+        if config.society.enabled:
+            from convergence_jax.optimize.society import Society
+
+            society = Society(config, reward, out, backend=society_backend)
         if host:
             state_files = _Checkpoint(out, _fingerprint(config))
             _run_host(
@@ -614,11 +645,14 @@ def run_optimization(
                 checkpoint,
                 state_files,
                 clock,
+                society,
             )
         else:
             records += _run_jax(config, me, params, reward, progress)
         status = "complete"
     finally:
+        if society is not None:
+            society.close()
         seconds = clock["before"] + time.perf_counter() - start
         if out is not None and records:
             _write_results(out, config, me, records, status, seconds)
