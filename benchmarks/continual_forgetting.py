@@ -36,7 +36,12 @@ Rush's distillation, with soft targets). Neither constrains the model on A's
 prompts: LwF keeps A only as far as behaving like the frozen model on B's inputs
 carries over to A's, and with one output head shared by both tasks, at B's
 answer positions the KL asks for the frozen model's (digit) answer where B's loss
-asks for letters.
+asks for letters. ``lwf_old`` is Li & Hoiem's form for one shared head: their
+network keeps the old head's outputs on the new data; here the old "head" is A's
+prompt format, so the KL (rollout form) is taken on B's inputs written as A's
+prompts (``"sort f,a,a,f="``), answered by the frozen policy. It stores and draws
+no A row, but it does use A's template (which task a prompt asks for), as a
+separate head would.
 
 EWC's empirical Fisher shrinks as a run fits A (its mean differs ~5x between
 seeds here), so one ``lambda`` is a weaker penalty in the seed that fit best;
@@ -71,17 +76,30 @@ from _machine import machine_info  # noqa: E402
 from convergence_jax import llm, lm  # noqa: E402
 from convergence_jax.agents import continual  # noqa: E402
 
-METHODS = ("sequential", "replay", "lwf", "lwf_frozen", "ewc", "ewc_norm", "ewc_model")
+METHODS = (
+    "sequential",
+    "replay",
+    "lwf",
+    "lwf_frozen",
+    "lwf_old",
+    "ewc",
+    "ewc_norm",
+    "ewc_model",
+)
 """``lwf``: LwF's KL on B's rows as they are (teacher-forced on B's targets);
 ``lwf_frozen``: on the frozen policy's own continuations of B's prompts
-(``lwf_targets="frozen"``). ``ewc``: EWC with the empirical Fisher (the data's
-targets); ``ewc_norm``: the same Fisher divided by its mean (``fisher_normalize``,
-so ``lambda`` is relative to each run's Fisher scale); ``ewc_model``: with the
-model's own samples as targets."""
+(``lwf_targets="frozen"``); ``lwf_old``: on B's inputs written in A's prompt
+format (``continual.template_rows``: ``"sort f,a,a,f="`` for the reverse problem
+``faaf``), answered by the frozen policy -- Li & Hoiem's old head on the new
+data, with the prompt template as the head. ``ewc``: EWC with the empirical
+Fisher (the data's targets); ``ewc_norm``: the same Fisher divided by its
+mean (``fisher_normalize``, so ``lambda`` is relative to each run's Fisher
+scale); ``ewc_model``: with the model's own samples as targets."""
 FIELD = {
     "replay": "replay_ratio",
     "lwf": "lwf_beta",
     "lwf_frozen": "lwf_beta",
+    "lwf_old": "lwf_beta",
     "ewc": "ewc_lambda",
     "ewc_norm": "ewc_lambda",
     "ewc_model": "ewc_lambda",
@@ -113,6 +131,8 @@ class Args:
     lwf_betas: tuple[float, ...] = (0.25, 1.0)
     lwf_frozen_betas: tuple[float, ...] = (0.25, 1.0)
     """LwF on the frozen policy's own continuations."""
+    lwf_old_betas: tuple[float, ...] = (0.25, 1.0, 4.0)
+    """LwF on B's inputs in A's prompt format (``lwf_old``)."""
     lwf_temperature: float = 2.0
     """LwF temperature (Li & Hoiem used 2)."""
     ewc_lambdas: tuple[float, ...] = (1000.0, 1500.0, 2000.0)
@@ -150,6 +170,39 @@ TASKS = {
 }
 
 
+# Each task's prompt format and how its inputs are read from its problem: (lead,
+# separator, tail, alphabet of problem[0]) as llm.tasks writes them.
+TEMPLATES = {
+    "sorting4": ("sort ", ",", "=", "0123456789"),
+    "sorting3": ("sort ", ",", "=", "0123456789"),
+    "reverse4": ("reverse ", "", "=", "abcdefgh"),
+    "reverse3": ("reverse ", "", "=", "abcdefgh"),
+    "reverse4_digits": ("reverse ", "", "=", "0123456789"),
+    "copy4": ("copy ", "", "=", "abcdefgh"),
+}
+
+
+def old_template_rows(args: Args, task_a, task_b) -> continual.DataSource:
+    """B's inputs (its problems' characters) in A's prompt format, for
+    ``lwf_old``: no row of A, only A's template."""
+    for name in (args.task_a, args.task_b):
+        if name not in TEMPLATES:
+            raise ValueError(f"lwf_old: no prompt template known for {name!r}")
+    lead, separator, tail, _ = TEMPLATES[args.task_a]
+    ids = jnp.asarray(
+        [TOKENIZER.encode(c)[0] for c in TEMPLATES[args.task_b][3]], jnp.int32
+    )
+    return continual.template_rows(
+        lambda key, n: ids[task_b.sample(key, n).problem[0]],
+        TOKENIZER,
+        lead,
+        tail,
+        task_a.answer_length,
+        separator,
+        name=f"{args.task_b}_as_{args.task_a}",
+    )
+
+
 def model_config(args: Args) -> lm.LMConfig:
     heads = 4
     return lm.LMConfig(
@@ -173,6 +226,7 @@ def grid(args: Args, method: str) -> tuple[float, ...]:
         "replay": args.replay_ratios,
         "lwf": args.lwf_betas,
         "lwf_frozen": args.lwf_frozen_betas,
+        "lwf_old": args.lwf_old_betas,
         "ewc": args.ewc_lambdas,
         "ewc_norm": args.ewc_norm_lambdas,
         "ewc_model": args.ewc_model_lambdas,
@@ -201,14 +255,15 @@ def run(args: Args) -> dict:
     programs = {
         m: continual.make_continual(
             config, [task_a, task_b], schedule,
-            method={"ewc_model": "ewc", "ewc_norm": "ewc", "lwf_frozen": "lwf"}.get(
-                m, m
-            ),
+            method={"ewc_model": "ewc", "ewc_norm": "ewc", "lwf_frozen": "lwf",
+                    "lwf_old": "lwf"}.get(m, m),
             fisher_normalize=m == "ewc_norm",
             batch_size=args.batch_size,
             fisher_targets="model" if m == "ewc_model" else "data",
             fisher_examples=args.fisher_examples,
-            lwf_targets="frozen" if m == "lwf_frozen" else "data",
+            lwf_targets="frozen" if m in ("lwf_frozen", "lwf_old") else "data",
+            lwf_rows=old_template_rows(args, task_a, task_b) if m == "lwf_old"
+            else None,
         )
         for m in args.methods
     }  # fmt: skip
@@ -395,7 +450,9 @@ def markdown(result: dict, args: Args, machine: dict, load: float) -> str:
         "(2048 rows, the last A batches), balanced by task. LwF: KL(frozen || "
         f"current) at temperature {args.lwf_temperature:g}, on B's rows as they "
         "are (`lwf`, teacher-forced on B's targets) or on the frozen policy's own "
-        "continuations of B's prompts (`lwf_frozen`, sampled every step). "
+        "continuations of B's prompts (`lwf_frozen`, sampled every step) or of "
+        "B's inputs written in A's prompt format (`lwf_old`: e.g. `sort f,a,a,f=`; "
+        "A's template, no A row). "
         f"EWC: diagonal Fisher of {args.fisher_examples} A rows at the switch, "
         "squared per-example "
         "gradients of the log-likelihood of the data's targets (`ewc`, the "

@@ -66,6 +66,13 @@ The pieces (pure, safe under jit / vmap / scan):
   teacher-forced form asks, at B's answer positions, for the old answer and
   B's answer at once; the rollout form asks for the old behaviour on the
   contexts the frozen policy itself produces.
+  Li & Hoiem keep the old task's *head* outputs on the new data; a language
+  model has one head, and what names the old task is its prompt format.
+  ``lwf_rows=template_rows(...)`` takes the KL (rollout form) on the new task's
+  inputs written in the old task's format (a reverse problem ``faaf`` as
+  ``"sort f,a,a,f="``), answered by the frozen policy: no row of the old task
+  is stored or drawn, but the old task's template (its identity, which a
+  separate head would give) is used.
 * **EWC** (Kirkpatrick et al., 2017, "Overcoming catastrophic forgetting in
   neural networks") — the diagonal Fisher at the switch,
 
@@ -246,12 +253,15 @@ def task_at(schedule: Sequence[Phase], step) -> jax.Array:
 class DataSource(NamedTuple):
     """Training rows of one task: ``sample(key, batch_size) -> SFTBatch`` of
     ``[batch_size, length]`` arrays (``batch_size`` static); ``task``: the
-    ``llm.tasks`` task (for `llm.evaluate`), or None for a fixed data set."""
+    ``llm.tasks`` task (for `llm.evaluate`), or None for a fixed data set;
+    ``prompt_length``: the columns before the first one that can be trained,
+    when every row has it (None: not known, e.g. a data set)."""
 
     name: str
     sample: Callable[[jax.Array, int], SFTBatch]
     length: int
     task: Task | None
+    prompt_length: int | None = None
 
 
 def pad_sft_batch(batch: SFTBatch, length: int, pad_id: int) -> SFTBatch:
@@ -280,7 +290,11 @@ def task_source(task: Task) -> DataSource:
             "whose batches are drawn in JAX"
         )
     return DataSource(
-        task.name, task.sft_batch, task.prompt_length + task.answer_length, task
+        task.name,
+        task.sft_batch,
+        task.prompt_length + task.answer_length,
+        task,
+        task.prompt_length,
     )
 
 
@@ -323,6 +337,73 @@ def dataset_source(rows, name: str = "dataset") -> DataSource:
         return SFTBatch(*(x[index] for x in data))
 
     return DataSource(name, sample, int(tokens.shape[1]), None)
+
+
+def template_rows(
+    inputs: Callable[[jax.Array, int], jax.Array],
+    tokenizer,
+    lead: str,
+    tail: str,
+    answer_length: int,
+    separator: str = "",
+    name: str = "template",
+) -> DataSource:
+    """The new task's inputs written in an old task's prompt format: the rows of
+    LwF's KL in the form of Li & Hoiem's old *head* on the new data
+    (`make_continual(..., lwf_rows=...)`).
+
+    ``inputs(key, batch_size) -> [batch_size, n]`` token ids (static ``n``): the
+    new task's inputs, one token per item (e.g. the letters of a reverse
+    problem). Each row is ``lead + x_1 + separator + x_2 ... + x_n + tail``, then
+    ``answer_length`` answer slots (padding, attended, trained) that
+    `frozen_rollout` fills with the frozen policy's own answer. For
+    ``llm.tasks.sorting`` the format is ``lead="sort "``, ``separator=","``,
+    ``tail="="``, ``answer_length = task.answer_length`` (the answer and its stop
+    token): a reverse problem ``faaf`` becomes ``"sort f,a,a,f="``.
+
+    What this uses of the old task is its prompt template, i.e. which task a
+    prompt asks for (the identity that a separate head gives Li & Hoiem's
+    network), never its data: the items are the new task's. Rows are
+    ``[batch_size, len(lead) + n + (n - 1) * len(separator) + len(tail) +
+    answer_length]``, no padding before the answer.
+    """
+    if not _is_int(answer_length) or answer_length < 1:
+        raise ValueError(f"answer_length must be an int >= 1, got {answer_length!r}")
+    if not callable(inputs):
+        raise ValueError("inputs must be a function (key, batch_size) -> token ids")
+    encode = lambda text: np.asarray(  # noqa: E731
+        tokenizer.encode(text) if text else [], np.int32
+    )
+    head, sep, end = encode(lead), encode(separator), encode(tail)
+    probe = np.asarray(jax.eval_shape(lambda k: inputs(k, 1), jax.random.key(0)).shape)
+    if probe.size != 2 or probe[1] < 1:
+        raise ValueError(
+            f"inputs(key, batch_size) must return [batch_size, n] ids, got {probe}"
+        )
+    n = int(probe[1])
+    prompt_length = head.size + n + (n - 1) * sep.size + end.size
+    pad_id = int(tokenizer.pad_id)
+
+    def sample(key, batch_size: int) -> SFTBatch:
+        items = jnp.asarray(inputs(key, batch_size), jnp.int32)
+        chex.assert_shape(items, (batch_size, n))
+        fixed = lambda ids: jnp.broadcast_to(  # noqa: E731
+            jnp.asarray(ids, jnp.int32), (batch_size, ids.size)
+        )
+        parts = [fixed(head)]
+        for i in range(n):
+            if i and sep.size:
+                parts.append(fixed(sep))
+            parts.append(items[:, i : i + 1])
+        parts += [fixed(end), jnp.full((batch_size, answer_length), pad_id, jnp.int32)]
+        tokens = jnp.concatenate(parts, axis=-1)
+        mask = jnp.ones_like(tokens)
+        loss_mask = (jnp.arange(tokens.shape[-1]) >= prompt_length).astype(jnp.int32)
+        return SFTBatch(tokens, mask, jnp.broadcast_to(loss_mask, tokens.shape))
+
+    return DataSource(
+        name, sample, prompt_length + int(answer_length), None, prompt_length
+    )
 
 
 def _as_source(item) -> DataSource:
@@ -689,6 +770,7 @@ def make_continual(
     fisher_normalize: bool = False,
     lwf_positions: str = "trained",
     lwf_targets: str = "data",
+    lwf_rows: DataSource | None = None,
     seq_len: int | None = None,
 ) -> Continual:
     """The continual program (see the module docstring).
@@ -719,6 +801,11 @@ def make_continual(
             as they are (teacher-forced on its targets); ``"frozen"``, the rows
             with their trained tokens drawn from the frozen policy
             (`frozen_rollout`, a fresh draw every step): the sequence-level KL.
+        lwf_rows: rows of LwF's KL other than the new task's batch (a
+            `DataSource`, ``batch_size`` rows a step, their trained tokens drawn
+            from the frozen policy: ``lwf_targets`` must be ``"frozen"``), e.g.
+            `template_rows`: the new task's inputs in the old task's prompt
+            format. None: the new task's batch.
         seq_len: common row length (default: the longest source).
 
     Raises ``ValueError`` before compiling for an unknown method, a bad schedule,
@@ -741,6 +828,23 @@ def make_continual(
         raise ValueError(
             f"model_config must be an LMConfig, got {type(model_config).__name__}"
         )
+    if lwf_rows is not None:
+        if not isinstance(lwf_rows, DataSource):
+            raise ValueError(
+                "lwf_rows must be a DataSource (e.g. template_rows(...)), got "
+                f"{type(lwf_rows).__name__}"
+            )
+        if lwf_targets != "frozen":
+            raise ValueError(
+                "lwf_rows needs lwf_targets='frozen': its trained tokens are the "
+                "frozen policy's own continuation"
+            )
+        if lwf_rows.length > model_config.max_position_embeddings:
+            raise ValueError(
+                f"lwf_rows' length {lwf_rows.length} exceeds "
+                f"LMConfig.max_position_embeddings "
+                f"({model_config.max_position_embeddings})"
+            )
     if isinstance(tasks, Task | DataSource) or len(tasks) == 0:
         raise ValueError("tasks must be a non-empty list of tasks / DataSources")
     sources = tuple(_as_source(t) for t in tasks)
@@ -770,7 +874,7 @@ def make_continual(
         )
     batch_size, seq_len = int(batch_size), int(seq_len)
     pad_id = int(model_config.pad_token_id or 0)
-    for source in sources:
+    for source in sources + (() if lwf_rows is None else (lwf_rows,)):
         probe = source.sample(jax.random.key(0), 2)
         used = np.asarray(probe.tokens)[np.asarray(probe.mask) > 0]
         if used.size and used.max() >= model_config.vocab_size:
@@ -841,9 +945,10 @@ def make_continual(
 
     # Rollouts start at the last column before any trained token can appear
     # (a task's prompt block; 0 for a data set, whose layout is not known here).
-    rollout_start = min(
-        s.task.prompt_length - 1 if s.task is not None else 0 for s in sources
-    )
+    def start_of(source: DataSource) -> int:
+        return max(source.prompt_length - 1, 0) if source.prompt_length else 0
+
+    rollout_start = min(start_of(s) for s in sources)
     stop_token = model_config.eos_token_id
 
     def rollout(state, batch, phase: int):
@@ -851,9 +956,12 @@ def make_continual(
         if method != "lwf" or lwf_targets != "frozen" or _phase(phase) == 0:
             return None
         key = jax.random.fold_in(jax.random.fold_in(state.key, 2**30 - 1), state.step)
-        return frozen_rollout(
-            key, state.anchor, model_config, batch, rollout_start, stop_token
-        )
+        start = rollout_start
+        if lwf_rows is not None:  # other rows than the batch: the template's
+            k_rows, key = jax.random.split(key)
+            batch = lwf_rows.sample(k_rows, batch_size)
+            start = start_of(lwf_rows)
+        return frozen_rollout(key, state.anchor, model_config, batch, start, stop_token)
 
     def penalty(params, state, hparams, batch, phase: int, lwf_rollout=None):
         if _phase(phase) == 0:

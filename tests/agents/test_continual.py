@@ -32,6 +32,7 @@ from convergence_jax.agents.continual import (
     replay_rows,
     replay_sample,
     task_at,
+    template_rows,
 )
 from convergence_jax.agents.trajectory import (
     MultiTurnTrajectory,
@@ -233,6 +234,49 @@ def test_frozen_rollout_draws_the_trained_tokens(params, rows):
     value = lwf_loss(params, params, CONFIG, SFTBatch(tokens, mask, loss_mask),
                      2.0, "trained", weight)  # fmt: skip
     assert abs(float(value)) < 1e-6
+
+
+def test_lwf_on_the_new_inputs_in_the_old_template(params):
+    """template_rows writes B's letters in A's prompt format (answer slots
+    trained), and lwf_rows puts LwF's KL on those rows: moving the embedding of
+    'o' (in "sort", never in B's rows) is invisible to LwF on B's rows and seen
+    by LwF on the template rows; 0 at the frozen policy."""
+    ids = jnp.asarray([TOKENIZER.encode(c)[0] for c in "abcd"], jnp.int32)
+    rows = template_rows(
+        lambda k, n: ids[TASK_B.sample(k, n).problem[0]], TOKENIZER, "sort ", "=",
+        TASK_A.answer_length, ",",
+    )  # fmt: skip
+    key = jax.random.key(3)
+    got = rows.sample(key, 4)
+    letters = np.asarray(TASK_B.sample(key, 4).problem[0])
+    texts = TASK_A.to_text(got.tokens[:, : rows.prompt_length])
+    assert texts == ["sort " + ",".join("abcd"[i] for i in r) + "=" for r in letters]
+    assert rows.prompt_length == TASK_A.prompt_length
+    assert rows.length == TASK_A.prompt_length + TASK_A.answer_length
+    want = (np.arange(rows.length) >= rows.prompt_length)[None].repeat(4, 0)
+    np.testing.assert_array_equal(np.asarray(got.loss_mask) > 0, want)
+    kwargs = dict(method="lwf", batch_size=4)
+    old = make_continual(CONFIG, [TASK_A, TASK_B], [(0, 1), (1, 1)],
+                         lwf_targets="frozen", lwf_rows=rows, **kwargs)  # fmt: skip
+    new = make_continual(CONFIG, [TASK_A, TASK_B], [(0, 1), (1, 1)], **kwargs)
+    state = old.switch(old.init(jax.random.key(0), params), 1)  # anchor = params
+    o = TOKENIZER.encode("o")[0]
+    table = params["embed"]["embedding"]
+    row = jax.random.normal(jax.random.key(6), table.shape[1:])
+    moved = {**params, "embed": {"embedding": table.at[o].set(row)}}
+    batch = new.sources[1].sample(jax.random.key(5), 4)
+    hp = ContinualHParams.create(lwf_beta=1.0, lwf_temperature=2.0)
+
+    @jax.jit
+    def penalties(p):
+        return jnp.stack([prog.penalty(p, state, hp, batch, 1) for prog in (old, new)])
+
+    at_frozen, at_moved = np.asarray(penalties(params)), np.asarray(penalties(moved))
+    np.testing.assert_allclose(at_frozen, 0.0, atol=1e-7)
+    assert at_moved[1] < 1e-7, at_moved  # B's rows hold no 'o'
+    assert at_moved[0] > max(100 * at_moved[1], 1e-6), at_moved
+    with pytest.raises(ValueError, match="lwf_targets='frozen'"):
+        make_continual(CONFIG, [TASK_A, TASK_B], [(0, 1)], lwf_rows=rows, **kwargs)
 
 
 # --- replay ---------------------------------------------------------------------
