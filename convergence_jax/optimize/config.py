@@ -259,8 +259,9 @@ class SocietyLLMConfig:
     """The society's LLM: an OpenAI-compatible endpoint or our JAX model."""
 
     model: str | None = None
-    """Model name sent to the endpoint (e.g. gpt-4o-mini), or
-    'jax:path/to/agent_checkpoint' (relative to the config file) for our JAX model."""
+    """Model name sent to the endpoint (e.g. gpt-4o-mini); 'jax:FOLDER' for our JAX
+    model (an agents.export.save_agent checkpoint, relative to the config file);
+    'python' for a backend passed to run_optimization(society_backend=...)."""
     base_url: str | None = None
     """Base URL of an OpenAI-compatible API (…/v1); not for a jax: model."""
     api_key_env: str | None = None

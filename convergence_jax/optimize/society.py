@@ -66,7 +66,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,6 +75,7 @@ from convergence_jax.spaces import Categorical, Float, Int, SearchSpace
 
 __all__ = [
     "BAD_REPLY_KINDS",
+    "Proposals",
     "ReplyError",
     "Society",
     "check_society_config",
@@ -201,10 +202,20 @@ def validate_config(
     return out, issues
 
 
-def parse_proposals(
-    text: str, space: SearchSpace, k: int
-) -> tuple[str, list[dict[str, Any]], list[tuple[str, str]]]:
-    """RLP's reply -> ``(reasoning, configs, issues)``.
+class Proposals(NamedTuple):
+    """RLP's parsed reply."""
+
+    reasoning: str
+    configs: list[dict[str, Any]]
+    """The usable configurations (checked, clipped), at most ``k``."""
+    issues: list[tuple[str, str]]
+    """``(kind, message)`` for every configuration clipped or dropped."""
+    offered: int
+    """Configurations in the reply, usable or not."""
+
+
+def parse_proposals(text: str, space: SearchSpace, k: int) -> Proposals:
+    """RLP's reply -> ``Proposals(reasoning, configs, issues, offered)``.
 
     The reply is reasoning followed by ``{"configs": [...]}`` (a bare list of
     configurations, or ``{"reasoning": ..., "configs": [...]}``, also parse). At most
@@ -227,8 +238,9 @@ def parse_proposals(
             "garbled", "the JSON block has no non-empty list 'configs' of objects"
         )
     issues: list[tuple[str, str]] = []
-    if len(configs) > k:
-        issues.append(("invalid_config", f"{len(configs)} configs, asked for {k}"))
+    offered = len(configs)
+    if offered > k:
+        issues.append(("invalid_config", f"{offered} configs, asked for {k}"))
         configs = configs[:k]
     kept = []
     for i, raw in enumerate(configs):
@@ -236,7 +248,7 @@ def parse_proposals(
         issues += [(kind, f"config {i}: {msg}") for kind, msg in found]
         if config is not None:
             kept.append(config)
-    return reasoning, kept, issues
+    return Proposals(reasoning, kept, issues, offered)
 
 
 def parse_predictions(text: str, n: int) -> list[float]:
@@ -329,9 +341,12 @@ def check_society_config(config: OptimizeConfig) -> None:
     if not llm.model:
         raise ConfigError(
             f"{where}.llm.model: name the model (e.g. gpt-4o-mini), or "
-            "'jax:path/to/agent_checkpoint' for our JAX model"
+            "'jax:path/to/agent_checkpoint' for our JAX model, or 'python' for a "
+            "backend passed to run_optimization(society_backend=...)"
         )
-    if _jax_model(llm.model):
+    if llm.model == "python":
+        pass  # the backend object is passed to run_optimization(society_backend=)
+    elif _jax_model(llm.model):
         if llm.base_url:
             raise ConfigError(
                 f"{where}.llm.base_url: a jax: model runs in-process; remove base_url"
@@ -412,6 +427,11 @@ def make_backend(config: OptimizeConfig):
     """The society's LLM: ``agents.agent.OpenAIBackend`` over the project's HTTP
     client, or ``JaxBackend`` over an agent checkpoint for ``jax:FOLDER``."""
     llm = config.society.llm
+    if llm.model == "python":
+        raise ConfigError(
+            "society.llm.model: 'python' means the backend is passed in Python: "
+            "run_optimization(config, society_backend=backend)"
+        )
     if _jax_model(llm.model):
         from convergence_jax.agents.agent import JaxBackend
         from convergence_jax.agents.export import AgentCheckpointError, load_agent
@@ -531,14 +551,11 @@ def inject_configs(state, space: SearchSpace, arms, configs):
     import jax.numpy as jnp
 
     encoded = space.encode(configs)
-    population = state.ga.population
-    idx = jnp.asarray(arms, jnp.int32)
-    new = {
-        name: population[name]
-        .at[idx]
-        .set(jnp.asarray(encoded[name], population[name].dtype))
-        for name in population
-    }
+    new = {}
+    for name, genes in state.ga.population.items():
+        host = np.array(genes)  # a copy, set on the host: no program to compile
+        host[np.asarray(arms)] = encoded[name].astype(host.dtype)
+        new[name] = jnp.asarray(host)
     return state.replace(ga=state.ga.replace(population=new))
 
 
@@ -702,14 +719,14 @@ class Society:
         if text is None:
             return state
         try:
-            reasoning, configs, issues = parse_proposals(text, self.space, k)
+            reasoning, configs, issues, offered = parse_proposals(text, self.space, k)
         except ReplyError as e:
             self._bad(generation, "rlp", "propose", e.kind, e, text)
             return state
         for kind, message in issues:
             self._bad(generation, "rlp", "propose", kind, message, text)
         pending.reasoning = reasoning[:REASONING_CHARS]
-        pending.proposed = len(configs) + sum(k == "invalid_config" for k, _ in issues)
+        pending.proposed = offered
         if not configs:
             return state
         free = [i for i in range(len(elite)) if not elite[i]]
@@ -1010,11 +1027,11 @@ def contributions(records: Sequence[dict]) -> dict[str, Any] | None:
     }
 
 
-def _fmt(v) -> str:
+def _fmt(v, sign: bool = False) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:+.4f}" if abs(v) < 1 else f"{v:.4g}"
+        return f"{v:+.4g}" if sign else f"{v:.4f}"
     return str(v)
 
 
@@ -1040,7 +1057,7 @@ def society_report_lines(records: Sequence[dict]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in c["agents"]:
-        gain = _fmt(a["mean_information_gain"])
+        gain = _fmt(a["mean_information_gain"], sign=True)
         if a["information_gain_rounds"]:
             gain += f" ({a['information_gain_rounds']})"
         lines.append(
@@ -1049,9 +1066,10 @@ def society_report_lines(records: Sequence[dict]) -> list[str]:
             f"{_fmt(a['ga_children_mean_reward'])} | {gain} | "
             f"{_fmt(a['pairs_exported'])} | {a['bad_replies']} |"
         )
+    if c["sao_rounds"]:
+        lines.append("")
     for r in c["sao_rounds"]:
         counts = ", ".join(f"{k} {v}" for k, v in r["filter_counts"].items())
-        lines.append("")
         lines.append(
             f"- SAO after generation {r['generation']}: {r['pairs_built']} pairs built "
             f"({counts}); {r['exported']} exported"

@@ -9,11 +9,15 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from convergence_jax.optimize import ConfigError, config_from_dict, run_optimization
+from convergence_jax.cli import main
+from convergence_jax.optimize import ConfigError, config_from_dict, load_config
+from convergence_jax.optimize.objectives import load_target
 from convergence_jax.optimize.society import (
     ReplyError,
     extract_json,
@@ -26,6 +30,8 @@ from convergence_jax.optimize.society import (
 from convergence_jax.self_improve.pairs import load_pairs
 from convergence_jax.spaces import SearchSpace
 
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "society.yaml"
 SPACE = {
     "x": {"type": "float", "min": 0.0, "max": 1.0},
     "y": {"type": "int", "min": 0, "max": 10},
@@ -193,9 +199,9 @@ EXPECTED_BAD = {
 }
 
 
-def society_config(tmp_path, base_url, **society):
+def society_data(tmp_path, base_url, **society):
     (tmp_path / "objective.py").write_text(OBJECTIVE)
-    data = {
+    return {
         "search_space": SPACE,
         "objective": {
             "type": "python",
@@ -226,21 +232,35 @@ def society_config(tmp_path, base_url, **society):
         }
         | society,
     }
-    return config_from_dict(data, base_dir=tmp_path)
+
+
+def society_config(tmp_path, base_url, **society):
+    return config_from_dict(society_data(tmp_path, base_url, **society), tmp_path)
 
 
 def test_society_run_records_every_bad_reply_and_exports_pairs(tmp_path, monkeypatch):
+    """The bar: ``convergence-jax optimize`` with the example's society block (its
+    LLM pointed at the fake server by a flag) completes, records every bad reply,
+    writes the SAO JSONL and the contribution table."""
     monkeypatch.setenv("FAKE_SOCIETY_KEY", "sk-society-secret")
+    example = yaml.safe_load(EXAMPLE.read_text())["society"]
+    data = society_data(tmp_path, "http://127.0.0.1:9/v1")
+    society = data["society"]
+    for block in ("rlp", "sao"):
+        society[block] = example[block] | society[block]
+    society["llm"] = example["llm"] | society["llm"]
+    society["sao"]["min_margin"] = 0.0
+    path = tmp_path / "society.yaml"
+    path.write_text(yaml.safe_dump(data))
     server = FakeSocietyLLM(FAULTS)
     try:
-        result = run_optimization(
-            society_config(tmp_path, server.base_url), progress=False
-        )
+        flags = ["--society.llm.base_url", server.base_url, "--quiet"]
+        assert main(["optimize", str(path), *flags]) == 0
     finally:
         server.close()
     out = tmp_path / "run"
     detail = json.loads((out / "detailed_results.json").read_text())
-    assert detail["status"] == "complete" and len(result.generations) == 5
+    assert detail["status"] == "complete" and len(detail["generations"]) == 5
     # every injected fault was served, and each is recorded as what it was
     assert sorted(server.served) == sorted((c, g, f) for (c, g), f in FAULTS.items())
     society = detail["society"]
@@ -317,6 +337,19 @@ def test_society_run_records_every_bad_reply_and_exports_pairs(tmp_path, monkeyp
     assert report.count("| rlp | propose |") == 3
 
 
+def test_example_config_loads_and_its_objective_runs():
+    config = load_config(EXAMPLE)
+    s = config.society
+    assert s.enabled and s.learning.rlp_enabled and s.learning.sao_enabled
+    assert s.llm.api_key_env == "OPENAI_API_KEY" and s.llm.base_url.startswith("https")
+    evaluate = load_target(config.objective.target, config.base_dir)
+    metrics = evaluate(
+        {"temperature": 0.6, "top_p": 0.9, "model": "medium", "max_tokens": 330}
+    )
+    assert set(metrics) == set(config.metrics)
+    assert 0.0 <= metrics["quality"] <= 1.0
+
+
 def test_society_config_errors(tmp_path):
     good = "http://127.0.0.1:9/v1"
     with pytest.raises(ConfigError, match="society.llm.base_url: the society's LLM"):
@@ -387,8 +420,8 @@ def test_parse_proposals():
         '{"configs": [{"x": 0.6, "y": 2, "kind": "b"}, {"x": 2, "y": 2, "kind": "b"},'
         ' {"x": 0.1, "y": 2, "kind": "q"}, {"x": 0.2, "y": 2, "kind": "a"}]}\n```'
     )
-    reasoning, configs, issues = parse_proposals(text, SMALL, k=3)
-    assert reasoning == "Low x did badly."
+    reasoning, configs, issues, offered = parse_proposals(text, SMALL, k=3)
+    assert reasoning == "Low x did badly." and offered == 4
     assert configs == [{"x": 0.6, "y": 2, "kind": "b"}, {"x": 1.0, "y": 2, "kind": "b"}]
     assert [k for k, _ in issues] == [
         "invalid_config",
@@ -396,9 +429,9 @@ def test_parse_proposals():
         "invalid_config",
     ]
     # a bare list, a reasoning field and a single configuration also parse
-    _, configs, _ = parse_proposals('[{"x": 0.5, "y": 1, "kind": "a"}]', SMALL, 2)
+    _, configs, _, _ = parse_proposals('[{"x": 0.5, "y": 1, "kind": "a"}]', SMALL, 2)
     assert configs == [{"x": 0.5, "y": 1, "kind": "a"}]
-    reasoning, configs, _ = parse_proposals(
+    reasoning, configs, _, _ = parse_proposals(
         '{"reasoning": "why", "x": 0.5, "y": 1, "kind": "a"}', SMALL, 2
     )
     assert reasoning == "why" and len(configs) == 1
