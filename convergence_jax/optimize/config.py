@@ -303,7 +303,8 @@ class SaoConfig:
     min_margin: float = 0.0
     """Skip pairs whose mean rewards differ by less."""
     judge: bool = False
-    """The LLM ranks each pair ('ranking: A > B'); its pick is the chosen reply."""
+    """The LLM ranks each pair ('ranking: 1 > 2', SAO's format); its pick is the
+    chosen reply."""
     min_length: int = 1
     """filter_pairs: shortest reply (words)."""
     max_length: int = 2048

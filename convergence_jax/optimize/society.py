@@ -42,9 +42,10 @@ whole history into preference pairs: for each pair a context of
 are drawn; the prompt asks for a configuration given that context, ``chosen`` is the
 JSON of the one that measured better, ``rejected`` the worse one (pairs whose
 rewards differ by less than ``sao.min_margin`` are skipped). With ``sao.judge`` the
-LLM ranks the two itself (``ranking: A > B``; SAO's self-judgement): its pick is
-``chosen``, whether it agrees with the measurement goes into the pair's ``meta``, and
-a reply that does not parse drops the pair and is recorded. The pairs are filtered
+LLM ranks the two itself in SAO's format (``ranking: 1 > 2``; the order the two are
+shown in is drawn at random): its pick is ``chosen``, whether it agrees with the
+measurement goes into the pair's ``meta``, and a reply that does not parse drops the
+pair and is recorded. The pairs are filtered
 (``self_improve.pairs.filter_pairs``: lengths, diversity, near-duplicate prompts) and
 written to ``sao.file`` (JSONL) in the output folder, ready for ``llm.preference``.
 
@@ -271,19 +272,20 @@ def parse_predictions(text: str, n: int) -> list[float]:
     return out
 
 
-_RANKING = re.compile(r"ranking\s*[:=]\s*\**\s*([AB])\s*>\s*([AB])", re.I)
+_RANKING = re.compile(r"ranking\s*[:=]\s*\**\s*(\d+)\s*>\s*(\d+)", re.I)
 
 
-def parse_ranking(text: str) -> str:
-    """``"ranking: A > B"`` -> ``"A"`` (the preferred one); case-insensitive,
-    the last ranking in the reply counts. Raises ``ReplyError("garbled")``."""
+def parse_ranking(text: str) -> int:
+    """SAO's judging format, ``"ranking: X > Y"`` with X, Y one of 1 or 2 without
+    repetition -> X, the preferred reply; any case and spacing, the last ranking
+    in the reply counts. Raises ``ReplyError("garbled")``."""
     found = _RANKING.findall(text or "")
     if not found:
-        raise ReplyError("garbled", "no 'ranking: A > B' or 'ranking: B > A'")
-    first, second = (s.upper() for s in found[-1])
-    if first == second:
-        raise ReplyError("garbled", f"ranking {first} > {second} ranks one thing")
-    return first
+        raise ReplyError("garbled", "no 'ranking: X > Y' (X, Y one of 1 or 2)")
+    best, worst = (int(v) for v in found[-1])
+    if {best, worst} != {1, 2}:
+        raise ReplyError("garbled", f"ranking {best} > {worst}: not 1 and 2")
+    return best
 
 
 def information_gain(
@@ -816,18 +818,19 @@ class Society:
             ]
         )
 
-    def _judge(self, generation, prompt, a, b) -> str | None:
+    def _judge(self, generation, prompt, a, b) -> int | None:
         question = "\n".join(
             [
                 f"TASK: judge (generation {generation})",
                 prompt,
                 "",
                 "Two candidate replies:",
-                f"A: {a}",
-                f"B: {b}",
+                f"Response 1: {a}",
+                f"Response 2: {b}",
                 "",
-                "Which one will measure the higher reward? Answer with one line, "
-                "'ranking: A > B' or 'ranking: B > A'.",
+                "Which one will measure the higher reward? Rank the two from best "
+                "to worst strictly in the format 'ranking: X > Y', where X and Y are "
+                "1 or 2, without repetition.",
             ]
         )
         text = self._ask(generation, "sao", "judge", question, temperature=0.0)
@@ -891,7 +894,7 @@ class Society:
                 if pick is None:
                     skipped["judge_failed"] += 1
                     continue
-                llm_prefers_better = (pick == "A") == first_is_better
+                llm_prefers_better = (pick == 1) == first_is_better
                 agree += llm_prefers_better
                 meta |= {"labels": "llm", "judge_agrees": llm_prefers_better}
                 if not llm_prefers_better:

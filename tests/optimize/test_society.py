@@ -173,10 +173,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 predictions = [0.5] * len(configs)
             return self._reply(json.dumps({"predictions": predictions}))
-        a = json.loads(re.search(r"^A: (\{.*\})$", prompt, re.M).group(1))
-        b = json.loads(re.search(r"^B: (\{.*\})$", prompt, re.M).group(1))
-        best = "A > B" if true_score(a) >= true_score(b) else "B > A"
-        return self._reply(f"A is closer to the optimum.\nranking: {best}")
+        a = json.loads(re.search(r"^Response 1: (\{.*\})$", prompt, re.M).group(1))
+        b = json.loads(re.search(r"^Response 2: (\{.*\})$", prompt, re.M).group(1))
+        best = "1 > 2" if true_score(a) >= true_score(b) else "2 > 1"
+        return self._reply(f"The first is closer to the optimum.\nranking: {best}")
 
 
 FAULTS = {
@@ -446,10 +446,16 @@ def test_parse_predictions_and_ranking():
     for bad, n in [("[0.1]", 2), ('{"predictions": [0.1, "x"]}', 2), ("none", 1)]:
         with pytest.raises(ReplyError):
             parse_predictions(bad, n)
-    assert parse_ranking("A looks better.\nranking: A > B") == "A"
-    assert parse_ranking("**Ranking:** B>A") == "B"
-    assert parse_ranking("ranking: A > B ... on reflection ranking: B > A") == "B"
-    for bad in ("A is better", "ranking: A > A", ""):
+    assert parse_ranking("1 looks better.\nranking: 1 > 2") == 1
+    assert parse_ranking("**Ranking:** 2>1") == 2
+    assert parse_ranking("ranking: 1 > 2 ... on reflection ranking: 2 > 1") == 2
+    for bad in (
+        "1 is better",
+        "ranking: 1 > 1",
+        "ranking: 3 > 1",
+        "",
+        "ranking: A > B",
+    ):
         with pytest.raises(ReplyError):
             parse_ranking(bad)
 
