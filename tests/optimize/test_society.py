@@ -16,7 +16,12 @@ import pytest
 import yaml
 
 from convergence_jax.cli import main
-from convergence_jax.optimize import ConfigError, config_from_dict, load_config
+from convergence_jax.optimize import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    run_optimization,
+)
 from convergence_jax.optimize.objectives import load_target
 from convergence_jax.optimize.society import (
     ReplyError,
@@ -335,6 +340,35 @@ def test_society_run_records_every_bad_reply_and_exports_pairs(tmp_path, monkeyp
     assert "| rlp | 7 | 6 |" in report
     assert f"### Bad replies ({len(EXPECTED_BAD)}; the run went on)" in report
     assert report.count("| rlp | propose |") == 3
+
+
+def test_society_run_resumes_with_its_records(tmp_path, monkeypatch):
+    """A society run continued with --resume keeps the society's records of the
+    finished generations and adds the new ones (same shapes as the test above: the
+    compiled programs are reused)."""
+    monkeypatch.setenv("FAKE_SOCIETY_KEY", "k")
+    server = FakeSocietyLLM({})
+    try:
+        data = society_data(tmp_path, server.base_url)
+        data["optimizer"]["generations"] = 2
+        run_optimization(config_from_dict(data, tmp_path), progress=False)
+        data["optimizer"]["generations"] = 4
+        config = config_from_dict(data, tmp_path)
+        run_optimization(config, progress=False, resume=True)
+    finally:
+        server.close()
+    detail = json.loads((tmp_path / "run" / "detailed_results.json").read_text())
+    records = detail["generations"]
+    assert [r["society"]["rlp"] is not None for r in records] == [0, 1, 1, 1]
+    assert [r["society"]["sao"] is not None for r in records] == [0, 1, 0, 1]
+    # the LLM was asked once per call of generations 1-3: nothing was asked again
+    proposes = [g for call, g in server.calls if call == "propose"]
+    assert proposes == [1, 2, 3]
+    agents = {a["agent"]: a for a in detail["society"]["agents"]}
+    assert agents["rlp"]["proposals_evaluated"] == 6
+    assert agents["rlp"]["information_gain_rounds"] == 3
+    assert detail["society"]["bad_replies"] == []
+    assert len(load_pairs(tmp_path / "run" / "sao_pairs.jsonl")) > 0
 
 
 def test_example_config_loads_and_its_objective_runs():
