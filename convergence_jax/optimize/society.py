@@ -523,7 +523,7 @@ def _history_lines(rows: Sequence[dict], top: int) -> list[str]:
     for i, row in enumerate(best, 1):
         lines.append(
             f"{i}. {_config_text(row['config'])} -> {row['mean_reward']:.4f} "
-            f"({row['evaluations']} evaluations)"
+            f"(n = {row['evaluations']})"
         )
     worst = [row for row in rows[-max(1, top // 4) :] if row not in best]
     if worst:
@@ -531,7 +531,7 @@ def _history_lines(rows: Sequence[dict], top: int) -> list[str]:
         for row in worst:
             lines.append(
                 f"- {_config_text(row['config'])} -> {row['mean_reward']:.4f} "
-                f"({row['evaluations']} evaluations)"
+                f"(n = {row['evaluations']})"
             )
     return lines
 
@@ -651,8 +651,8 @@ class Society:
     def _context(self, records) -> list[str]:
         rows = _pooled(records)
         return [
-            f"Measured so far ({len(rows)} distinct configurations, best first, mean "
-            "reward over their evaluations):",
+            f"Measured so far ({len(rows)} distinct configurations, best first: mean "
+            "reward over their n evaluations):",
             *_history_lines(rows, self.settings.rlp.history),
         ]
 
@@ -822,9 +822,11 @@ class Society:
         question = "\n".join(
             [
                 f"TASK: judge (generation {generation})",
+                "A prompt and two candidate replies to it.",
+                "",
+                "Prompt:",
                 prompt,
                 "",
-                "Two candidate replies:",
                 f"Response 1: {a}",
                 f"Response 2: {b}",
                 "",
