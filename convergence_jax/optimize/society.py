@@ -792,6 +792,7 @@ class Society:
             "arms": pending.arms,
             "replaced": pending.replaced,
             "proposal_rewards": rlp_means,
+            "ga_children_rewards": ga_means,
             "proposals_mean_reward": float(np.mean(rlp_means)) if rlp_means else None,
             "ga_children_mean_reward": float(np.mean(ga_means)) if ga_means else None,
             "prediction": None,
@@ -999,7 +1000,7 @@ def contributions(records: Sequence[dict]) -> dict[str, Any] | None:
             "proposals_evaluated": len(rlp_rewards),
             "mean_reward": _mean(rlp_rewards),
             "ga_children_mean_reward": _mean(
-                [e["ga_children_mean_reward"] for e in paired]
+                [v for e in paired for v in e["ga_children_rewards"]]
             ),
             "mean_information_gain": _mean(gains),
             "information_gain_rounds": len(gains),

@@ -316,6 +316,17 @@ def test_society_run_records_every_bad_reply_and_exports_pairs(tmp_path, monkeyp
     assert agents["rlp"]["proposals_made"] == 2 + 2 + 3
     assert agents["rlp"]["proposals_evaluated"] == 6
     assert agents["rlp"]["mean_reward"] > agents["rlp"]["ga_children_mean_reward"]
+    # ... the same figures recomputed by hand from the evaluations
+    mine, theirs = [], []
+    for g in (1, 2, 3):
+        by_arm = {}
+        for e in records[g]["evaluations"]:
+            by_arm.setdefault(e["arm"], []).append(e["reward"])
+        skip = set(rlp[g]["arms"]) | set(records[g]["society"]["elites"])
+        mine += [np.mean(by_arm[a]) for a in rlp[g]["arms"]]
+        theirs += [np.mean(v) for a, v in by_arm.items() if a not in skip]
+    assert agents["rlp"]["mean_reward"] == pytest.approx(np.mean(mine))
+    assert agents["rlp"]["ga_children_mean_reward"] == pytest.approx(np.mean(theirs))
     assert agents["rlp"]["information_gain_rounds"] == 1
     assert agents["rlp"]["bad_replies"] == 5 and agents["sao"]["bad_replies"] == 2
     # GA children: generations 1-4, population minus the elite minus RLP's slots
