@@ -454,7 +454,9 @@ def make_backend(config: OptimizeConfig):
             seed=config.optimizer.seed,
         )
     from convergence_jax.agents.agent import OpenAIBackend
+    from convergence_jax.optimize.http import token_from_env
 
+    token_from_env(llm.api_key_env, "society.llm.api_key_env")  # named if unset
     try:
         return OpenAIBackend(
             llm.base_url,

@@ -395,7 +395,7 @@ def test_example_config_loads_and_its_objective_runs():
     assert 0.0 <= metrics["quality"] <= 1.0
 
 
-def test_society_config_errors(tmp_path):
+def test_society_config_errors(tmp_path, monkeypatch):
     good = "http://127.0.0.1:9/v1"
     with pytest.raises(ConfigError, match="society.llm.base_url: the society's LLM"):
         society_config(tmp_path, None)
@@ -420,6 +420,9 @@ def test_society_config_errors(tmp_path):
         config_from_dict(data)
     data["society"]["enabled"] = False  # off: no checks, the jax path as before
     config_from_dict(data)
+    monkeypatch.delenv("FAKE_SOCIETY_KEY", raising=False)
+    with pytest.raises(ConfigError, match="society.llm.api_key_env: the environment"):
+        run_optimization(society_config(tmp_path, good), progress=False)
 
 
 # ----------------------------------------------------------------------------- parsers
