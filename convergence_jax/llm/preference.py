@@ -70,7 +70,7 @@ from convergence_jax.llm.sft import SFTHParams, adamw_update
 from convergence_jax.llm.tasks import Task
 from convergence_jax.lm.config import LMConfig
 from convergence_jax.lm.generate import completion_logprobs
-from convergence_jax.lm.model import check_params, init_params
+from convergence_jax.lm.model import KVCache, Transformer, check_params, init_params
 
 __all__ = [
     "ORPO_LOGP_CAP",
@@ -363,20 +363,58 @@ def _pad_to(x, width: int):
 
 
 def _both_logprobs(params, config, batch: PreferenceBatch):
-    """Chosen and rejected in one model pass of ``[2B]`` rows."""
+    """Chosen and rejected `SequenceLogProbs`, the prompt computed once.
+
+    One pass of the prompt ``[B, P]`` into a key/value cache, then one pass of
+    chosen and rejected together ``[2B, N]`` (right-padded to the longer) on two
+    copies of that cache: the same logits as `sequence_logprobs` on ``[prompt,
+    completion]`` for each (same positions, same keys, same causal and padding
+    masks), but the prompt's layers run on ``B`` rows instead of ``2B`` (the
+    concatenated forward of TRL and Tunix runs them twice). Differentiable in
+    ``params`` through the cache. Token ``t`` of a completion is predicted from
+    the last prompt position (``t = 0``, shared by both) or from completion
+    position ``t - 1``; the output head runs only there."""
     width = max(batch.chosen.shape[1], batch.rejected.shape[1])
-    prompts = jnp.concatenate([batch.prompt_tokens, batch.prompt_tokens])
-    prompt_mask = jnp.concatenate([batch.prompt_mask, batch.prompt_mask])
+    rows, prompt_len = batch.prompt_tokens.shape
     completions = jnp.concatenate(
         [_pad_to(batch.chosen, width), _pad_to(batch.rejected, width)]
     )
     mask = jnp.concatenate(
         [_pad_to(batch.chosen_mask, width), _pad_to(batch.rejected_mask, width)]
     )
-    out = sequence_logprobs(params, config, prompts, prompt_mask, completions, mask)
-    half = batch.chosen.shape[0]
-    first = SequenceLogProbs(*(x[:half] for x in out))
-    second = SequenceLogProbs(*(x[half:] for x in out))
+    trunk = Transformer(config, output_hidden=True)
+    dtype = config.compute_dtype
+    shape = (config.num_layers, rows, prompt_len + width, config.num_kv_heads)
+    cache = KVCache(
+        k=jnp.zeros((*shape, config.head_dim), dtype),
+        v=jnp.zeros((*shape, config.head_dim), dtype),
+        mask=jnp.zeros((rows, prompt_len + width), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
+    prompt_hidden, cache = trunk.apply(
+        {"params": params}, batch.prompt_tokens, batch.prompt_mask, cache=cache
+    )
+    twice = lambda x, axis: jnp.concatenate([x, x], axis=axis)  # noqa: E731
+    cache = KVCache(
+        twice(cache.k, 1), twice(cache.v, 1), twice(cache.mask, 0), cache.index
+    )
+    hidden, _ = trunk.apply({"params": params}, completions, mask, cache=cache)
+    hidden = jnp.concatenate(
+        [twice(prompt_hidden[:, -1:], 0), hidden[:, :-1]], axis=1
+    ).astype(dtype)
+    if config.tie_word_embeddings:
+        head = params["embed"]["embedding"].T
+    else:
+        head = params["lm_head"]["kernel"]
+    logits = jnp.dot(hidden, head.astype(dtype)).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, completions[..., None], axis=-1)[..., 0]
+    weight = (mask > 0).astype(jnp.float32)
+    summed = (picked * weight).sum(-1)
+    length = weight.sum(-1)
+    out = SequenceLogProbs(summed, summed / jnp.maximum(length, 1.0), length)
+    first = SequenceLogProbs(*(x[:rows] for x in out))
+    second = SequenceLogProbs(*(x[rows:] for x in out))
     return first, second
 
 

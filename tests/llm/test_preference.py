@@ -239,6 +239,62 @@ def test_sequence_logprobs_match_forward_logits():
         np.testing.assert_allclose(out.mean[b], total / cmask[b].sum(), rtol=1e-4)
 
 
+def test_pair_logprobs_share_the_prompt_pass_same_values_and_gradients():
+    # The prompt runs once into a cache for chosen and rejected: the same sums
+    # (and gradients) as sequence_logprobs on [prompt, completion], here with
+    # left-padded prompts and right-padded completions of different widths.
+    params = _init(3)
+    rng = np.random.default_rng(0)
+    b, p, n, m = 6, 5, 4, 3
+    prompt_mask = np.ones((b, p), np.int32)
+    prompt_mask[:3, :2] = 0
+    chosen_mask = np.ones((b, n), np.int32)
+    chosen_mask[1:3, 2:] = 0
+    rejected_mask = np.ones((b, m), np.int32)
+    rejected_mask[4:, 1:] = 0
+    batch = P.PreferenceBatch(
+        *(
+            jnp.asarray(x, jnp.int32)
+            for x in (
+                rng.integers(0, 256, (b, p)),
+                prompt_mask,
+                rng.integers(0, 256, (b, n)),
+                chosen_mask,
+                rng.integers(0, 256, (b, m)),
+                rejected_mask,
+            )
+        )
+    )
+
+    def shared(q):
+        logps = P.pair_logprobs(q, None, CONFIG, batch)
+        return logps.chosen.summed, logps.rejected.summed
+
+    def separate(q):
+        one = lambda c, cm: (
+            P.sequence_logprobs(  # noqa: E731
+                q, CONFIG, batch.prompt_tokens, batch.prompt_mask, c, cm
+            ).summed
+        )
+        return one(batch.chosen, batch.chosen_mask), one(
+            batch.rejected, batch.rejected_mask
+        )
+
+    def total(f):  # one compile each: values as aux, gradient of their sum
+        def value(q):
+            out = f(q)
+            return sum(x.sum() for x in out), out
+
+        return jax.jit(jax.value_and_grad(value, has_aux=True))(params)
+
+    (_, got), g_got = total(shared)
+    (_, want), g_want = total(separate)
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    for a, e in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
 def test_reference_gets_no_gradient():
     params = _init(1)
     ref = _init(2)
