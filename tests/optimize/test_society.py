@@ -425,6 +425,56 @@ def test_society_config_errors(tmp_path, monkeypatch):
         run_optimization(society_config(tmp_path, good), progress=False)
 
 
+def test_sao_round_margin_filters_and_export(tmp_path):
+    """SAO on a hand-made history: pairs closer than min_margin are skipped, the
+    better-measured configuration is chosen, repeated prompts are dropped as
+    near-duplicates, the file holds exactly the kept pairs."""
+    from convergence_jax.agents.agent import StubBackend
+    from convergence_jax.optimize.config import reward_spec
+    from convergence_jax.optimize.society import Society
+
+    data = society_data(tmp_path, None)
+    data["society"]["llm"] = {"model": "python"}
+    data["society"]["learning"] = {"rlp_enabled": False, "sao_enabled": True}
+    data["society"]["sao"] = {
+        "pairs_per_round": 60,
+        "context_size": 1,
+        "min_margin": 0.2,
+    }
+    config = config_from_dict(data, tmp_path)
+    configs = [{"x": 0.1 * i, "y": i, "kind": "a"} for i in range(5)]
+    rewards = [0.1, 0.2, 0.5, 0.55, 0.9]
+    record = {
+        "generation": 0,
+        "population": [{"arm": i, "config": c} for i, c in enumerate(configs)],
+        "evaluations": [
+            {"arm": i, "config": c, "reward": r, "error": None}
+            for i, (c, r) in enumerate(zip(configs, rewards, strict=True))
+        ],
+    }
+    stub = StubBackend(["never asked"])
+    society = Society(config, reward_spec(config), tmp_path, backend=stub)
+    society.elites = []
+    society.observe(record, [], last=True)
+    sao = record["society"]["sao"]
+    assert stub.calls == []  # measured labels: no LLM call
+    assert sao["pairs_built"] + sao["skipped"]["margin"] == 60
+    assert sao["skipped"]["margin"] > 0
+    counts = sao["filter_counts"]
+    assert sum(counts.values()) == sao["pairs_built"]
+    # one context configuration out of 5: at most 5 distinct prompts survive
+    assert counts["near_duplicate"] > 0 and 0 < counts["kept"] <= 5
+    pairs = load_pairs(tmp_path / "sao_pairs.jsonl")
+    assert len(pairs) == counts["kept"] == sao["exported"]
+    assert len({p.prompt for p in pairs}) == len(pairs)
+    for pair in pairs:
+        gap = pair.meta["chosen_reward"] - pair.meta["rejected_reward"]
+        assert gap >= 0.2 - 1e-12
+        chosen = json.loads(pair.chosen)
+        assert rewards[configs.index(chosen)] == pair.meta["chosen_reward"]
+        assert pair.chosen not in pair.prompt and pair.rejected not in pair.prompt
+
+
 # ----------------------------------------------------------------------------- parsers
 
 SMALL = SearchSpace.from_dict(SPACE)
