@@ -12,7 +12,8 @@ writes the output folder:
 - ``detailed_results.json``: every generation and every evaluation (config, metrics,
   reward, error);
 - ``report.md`` with ``convergence.png``: the convergence plot and the top
-  configurations.
+  configurations (and, with a ``society``, what each of its agents contributed:
+  ``optimize.society``).
 
 A JAX objective (and the bundled simulator) runs as one compiled program; a Python
 callable or an HTTP endpoint runs on a bounded thread pool between compiled
@@ -330,6 +331,7 @@ def _fingerprint(config: OptimizeConfig) -> dict:
     data.pop("output", None)
     data.pop("base_dir", None)
     data["optimizer"].pop("generations", None)  # a resumed run may go on longer
+    data["society"].pop("llm", None)  # the society's endpoint may move meanwhile
     return data
 
 

@@ -364,6 +364,7 @@ def test_society_run_resumes_with_its_records(tmp_path, monkeypatch):
         data["optimizer"]["generations"] = 2
         run_optimization(config_from_dict(data, tmp_path), progress=False)
         data["optimizer"]["generations"] = 4
+        data["society"]["llm"]["timeout_s"] = 5.0  # the LLM's settings may change
         config = config_from_dict(data, tmp_path)
         run_optimization(config, progress=False, resume=True)
     finally:
