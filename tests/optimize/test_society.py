@@ -424,6 +424,9 @@ def test_society_config_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("FAKE_SOCIETY_KEY", raising=False)
     with pytest.raises(ConfigError, match="society.llm.api_key_env: the environment"):
         run_optimization(society_config(tmp_path, good), progress=False)
+    python = society_config(tmp_path, None, llm={"model": "python"})
+    with pytest.raises(ConfigError, match=r"run_optimization\(config, society_backend"):
+        run_optimization(python, progress=False)
 
 
 def test_sao_round_margin_filters_and_export(tmp_path):
