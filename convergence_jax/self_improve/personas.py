@@ -5,12 +5,12 @@ Persona-Hub (about 200,000 free-text personas) so that the prompts the model
 writes for itself are diverse (without personas the paper measured 45.65% of the
 prompts repeated, against 0.73% with them). Downloading Persona-Hub is out of
 scope here; `persona_bank` composes short personas from three word lists instead
-(12 roles x 5 interests x 3 styles = 180 personas by default), the same every
+(24 roles x 5 interests x 6 styles = 720 personas by default), the same every
 time, so that a run is reproducible and ships no data file:
 
     from convergence_jax.self_improve.personas import persona_bank
 
-    bank = persona_bank()           # 180 Persona's
+    bank = persona_bank()           # 720 Persona's
     bank[0].text                    # 'a terse nurse who loves coins'
     bank[0].interest                # 'coins'
 
@@ -42,9 +42,21 @@ ROLES = (
     "coach",
     "clerk",
     "sailor",
+    "doctor",
+    "painter",
+    "teacher",
+    "student",
+    "lawyer",
+    "dancer",
+    "plumber",
+    "florist",
+    "barber",
+    "banker",
+    "actor",
+    "writer",
 )
 INTERESTS = ("coins", "dice", "maps", "clocks", "stamps")
-STYLES = ("terse", "curious", "busy")
+STYLES = ("terse", "curious", "busy", "calm", "witty", "shy")
 
 
 @dataclasses.dataclass(frozen=True)

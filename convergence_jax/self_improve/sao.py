@@ -50,7 +50,9 @@ and ArmoRM). Only a `JaxGenerator` can be trained.
 **A synthetic task where judging is easier than answering**, `PersonaArithmetic`:
 the persona's interest picks the kind of addition problem the model's prompt
 writer asks (two digits plus two, two plus one, one plus two); the model answers
-``37+45=`` and ranks ``37+45= A1: 82 A2: 72 ranking:`` -> `` 1 > 2``. A warm-up
+``37+45=`` and ranks ``37+45=82 37+45=72 ranking:`` -> `` 1 > 2`` (each
+answer after its prompt, as the model would write it: checking an answer is then
+reading it the way the model reads its own, under teacher forcing). A warm-up
 SFT on labelled examples of all three skills (`warmup_sft`) leaves the model
 answering partly right and judging better than it answers; after it, SAO uses
 no label: the hidden truth (`PersonaArithmetic.truth`) is only *reported* (the
@@ -180,7 +182,7 @@ PAPER_TEMPLATES = SAOTemplates(
 COMPACT_TEMPLATES = SAOTemplates(
     prompt_writing="{persona}. User prompt:",
     response="{prompt}",
-    judging="{prompt} A1: {response_1} A2: {response_2} ranking:",
+    judging="{prompt}{response_1} {prompt}{response_2} ranking:",
     judge_prompted=True,
 )
 """The same three requests, short, for a tiny byte-level model that learned them

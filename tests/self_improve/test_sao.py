@@ -351,3 +351,43 @@ def test_openai_generator_runs_a_round(monkeypatch):
     finally:
         model.close()
         server.close()
+
+
+def test_experiment_script_writes_pairs_and_report(tmp_path):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "sao.py"
+    spec = importlib.util.spec_from_file_location("experiments_sao", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        if "persona may ask" in text:
+            persona = text.split("do: ")[1].split(". Note")[0]
+            return f"User prompt: plan a day for {persona}"
+        if text.startswith("You are an impartial judge"):
+            return "ranking: 1 > 2" if "<Response 1> a" in text else "ranking: 2 > 1"
+        return f"{'a' if body['seed'] % 2 else 'b'} reply number {body['seed']}"
+
+    server = FakeOpenAIServer(reply=reply)
+    try:
+        config = module.Config(
+            base_url=server.base_url,
+            model="m",
+            token_env=None,
+            personas=5,
+            out_dir=str(tmp_path / "run"),
+        )
+        (report,) = module.main(config)
+    finally:
+        server.close()
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["rounds"][0]["personas"] == 5 and report["http_errors"] == []
+    pairs = load_pairs(tmp_path / "run" / "round_1" / "round_1.jsonl")
+    assert len(pairs) == report["kept"] >= 1
+    assert all(p.chosen.startswith("a") for p in pairs)  # the judge's preference
