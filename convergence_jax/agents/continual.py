@@ -104,8 +104,10 @@ once. Every method carries the same state (buffer, anchor, Fisher), so one
 phase-0 run can be continued by each method.
 
 `continual_penalty` is the regularizer alone (``(params, state, hparams,
-batch) -> scalar``), for adding LwF or EWC to another loss; the GRPO program
-does not call it yet.
+batch) -> scalar``), for adding LwF or EWC to another loss; `policy_penalty` on
+a `PenaltyState` (`penalty_state`) is the form multi-turn GRPO adds to its loss
+(``make_multiturn_grpo(..., continual="ewc")``), replay included as a weighted
+NLL of the earlier task's rows.
 """
 
 from __future__ import annotations
@@ -748,6 +750,59 @@ def continual_penalty(
     if method == "ewc":
         return ewc_penalty(params, state.anchor, state.fisher, hparams.ewc_lambda)
     return jnp.zeros((), jnp.float32)
+
+
+@struct.dataclass
+class PenaltyState:
+    """What a continual term added to another program's loss needs (multi-turn
+    GRPO, `convergence_jax.agents.multiturn`): ``anchor`` theta* (the LwF
+    teacher, EWC's anchor), ``fisher`` (EWC's diagonal Fisher, like the params;
+    zeros otherwise), ``hparams`` (`ContinualHParams`: ``replay_ratio``,
+    ``lwf_beta``, ``lwf_temperature``, ``ewc_lambda``) and ``rows`` (replay:
+    the earlier task's rows ``[N, T]``, an `SFTBatch`; unused otherwise)."""
+
+    anchor: Any
+    fisher: Any
+    hparams: ContinualHParams
+    rows: SFTBatch | None = None
+
+
+def penalty_state(
+    params, hparams: ContinualHParams | None = None, *, fisher=None, rows=None
+) -> PenaltyState:
+    """A `PenaltyState` anchored at ``params`` (theta*): ``fisher`` from
+    `fisher_diagonal` on the earlier task's rows (zeros if None), ``rows`` the
+    earlier task's rows for replay (an `SFTBatch` or ``(tokens, mask,
+    loss_mask)`` ``[N, T]``)."""
+    if fisher is None:
+        fisher = jax.tree.map(jnp.zeros_like, params)
+    elif jax.tree.structure(fisher) != jax.tree.structure(params):
+        raise ValueError("penalty_state: fisher must be a pytree like params")
+    if rows is not None:
+        rows = SFTBatch(*(jnp.asarray(x, jnp.int32) for x in rows))
+        chex.assert_rank(list(rows), 2)
+    return PenaltyState(
+        anchor=params,
+        fisher=fisher,
+        hparams=ContinualHParams.create() if hparams is None else hparams,
+        rows=rows,
+    )
+
+
+def policy_penalty(
+    method: str, params, penalty: PenaltyState, config: LMConfig, rows: SFTBatch
+) -> jax.Array:
+    """The continual term of ``method`` for another loss of ``params``:
+    ``replay`` -> ``replay_ratio`` times the masked NLL (`llm.sft_loss`) of the
+    earlier task's ``rows`` (a weight on the old task's likelihood, as
+    InstructGPT's PPO-ptx, Ouyang et al. 2022, adds its pretraining one);
+    ``lwf`` -> `lwf_loss` against the anchor on ``rows`` (the new task's rows,
+    e.g. the conversations being trained on) times ``lwf_beta``; ``ewc`` ->
+    `ewc_penalty`; ``sequential`` -> 0."""
+    _check_method(method)
+    if method == "replay":
+        return penalty.hparams.replay_ratio * sft_loss(params, config, rows)[0]
+    return continual_penalty(method, params, penalty, penalty.hparams, config, rows)
 
 
 def _check_method(method) -> None:

@@ -69,6 +69,17 @@ demonstrations the model memorizes them (loss 0.006 after 250 steps) and never
 copies an unseen order id (greedy success 0-1.6% up to 400 steps); with 4,096 it
 reaches 14% train / 12.5% held-out success after 200 steps of batch 32.
 
+**Continual learning** (``make_multiturn_grpo(..., continual="ewc")``, opt
+in): a term of `convergence_jax.agents.continual` added to the policy loss of
+every update, through `llm.make_grpo`'s ``extra_loss``, on a
+`continual.PenaltyState` (``continual.penalty_state(old_params, hparams,
+fisher=..., rows=...)``) given to ``step`` / ``run`` / ``learn`` /
+``train(penalty=...)``: ``"ewc"`` (the diagonal Fisher of the earlier task,
+e.g. `continual.fisher_diagonal` on its demonstrations), ``"lwf"`` (the KL
+from the earlier policy at the agent's tokens of the conversations trained
+on) or ``"replay"`` (a weighted NLL of rows of the earlier task, drawn each
+step). A zero weight gives the plain GRPO update.
+
 `train` is the high-level entry point (profiles, orbax checkpoints, exact
 resume).
 """
@@ -88,6 +99,10 @@ import numpy as np
 import optax
 from flax import struct
 
+from convergence_jax.agents.continual import (
+    PenaltyState,
+    policy_penalty,
+)
 from convergence_jax.agents.task_env import (
     INVALID,
     Conversations,
@@ -118,11 +133,13 @@ from convergence_jax.lm.model import check_params, forward, init_cache, init_par
 
 __all__ = [
     "PROFILES",
+    "CONTINUAL",
     "TURN_CREDIT",
     "MultiTurnGRPO",
     "MultiTurnSFT",
     "TrainResult",
     "WarmupState",
+    "conversation_rows",
     "conversations",
     "make_multiturn_grpo",
     "make_multiturn_sft",
@@ -361,7 +378,8 @@ class MultiTurnGRPO(NamedTuple):
     ``evaluate(params, held_out=True, greedy=True, num_scenarios=256, key=None)
     -> success rate`` (held out: held-out orders *and* held-out users);
     ``turn_values(value_params, conversations) -> V(s_t) [B, T]`` (turn
-    credit only; None without it).
+    credit only; None without it). With ``continual``, ``step``, ``run`` and
+    ``learn`` take ``penalty=`` (a `continual.PenaltyState`).
     """
 
     config: GRPOConfig
@@ -377,6 +395,32 @@ class MultiTurnGRPO(NamedTuple):
     evaluate: Callable
     turn_credit: str | None = None
     turn_values: Callable | None = None
+    continual: str | None = None
+
+
+CONTINUAL = ("replay", "lwf", "ewc")
+"""`make_multiturn_grpo`'s ``continual`` terms (`continual.policy_penalty`)."""
+
+
+def conversation_rows(mb) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A GRPO minibatch's conversations as ``[p * g, P + C]`` rows ``(tokens,
+    mask, loss_mask)``: the (left-padded) prompt then the conversation, trained
+    on the agent's tokens (``loss_mask > 0``)."""
+    p, g, n = mb["tokens"].shape
+
+    def rep(x):
+        return jnp.repeat(x, g, axis=0)
+
+    prompt_mask = rep(mb["prompt_mask"]).astype(jnp.int32)
+    tokens = jnp.concatenate(
+        [rep(mb["prompt_tokens"]), mb["tokens"].reshape(p * g, n)], axis=-1
+    )
+    mask = jnp.concatenate(
+        [prompt_mask, mb["mask"].reshape(p * g, n).astype(jnp.int32)], axis=-1
+    )
+    trained = (mb["loss_mask"].reshape(p * g, n) > 0).astype(jnp.int32)
+    loss_mask = jnp.concatenate([jnp.zeros_like(prompt_mask), trained], axis=-1)
+    return tokens, mask, loss_mask
 
 
 def make_multiturn_grpo(
@@ -385,6 +429,7 @@ def make_multiturn_grpo(
     env: TaskEnv,
     *,
     turn_credit: str | None = None,
+    continual: str | None = None,
 ) -> MultiTurnGRPO:
     """The multi-turn program of ``model_config``'s model on ``env``.
 
@@ -403,6 +448,16 @@ def make_multiturn_grpo(
     ``gae_lambda`` in [0, 1], ``value_learning_rate`` > 0, ``value_clip_eps``
     None or > 0; no ``off_policy_threshold``: its mask is per conversation),
     and everything `llm.make_grpo` rejects.
+
+    ``continual``: None, or a term of `CONTINUAL` added to the policy loss of
+    every update (`continual.policy_penalty` on the ``penalty`` state given to
+    ``step`` / ``run`` / ``learn``, anchored at the earlier task's policy):
+    ``"ewc"`` -- ``lambda / 2 sum_i F_i (theta_i - theta*_i)**2``; ``"lwf"`` --
+    ``lwf_beta`` times the KL from the anchored policy to the current one at
+    the agent's tokens of the minibatch's conversations (temperature
+    ``lwf_temperature``); ``"replay"`` -- ``replay_ratio`` times the NLL of
+    ``num_prompts * group_size`` rows drawn each step from ``penalty.rows``
+    (the earlier task's demonstrations, e.g. `tokenize_trajectories`).
     """
     if not isinstance(env, TaskEnv):
         raise ValueError(f"env must be a TaskEnv, got {type(env).__name__}")
@@ -418,6 +473,11 @@ def make_multiturn_grpo(
         )
     if turn_credit is not None:
         _check_turn_credit(config, turn_credit)
+    if continual is not None and continual not in CONTINUAL:
+        raise ValueError(
+            f"make_multiturn_grpo: continual must be None or one of "
+            f"{list(CONTINUAL)}, got {continual!r}"
+        )
     for name in ("dynamic_sampling", "overlong_filter", "soft_overlong"):
         if getattr(config, name):
             raise ValueError(
@@ -434,7 +494,20 @@ def make_multiturn_grpo(
         overlong_filter=False,
         soft_overlong=False,
     )
-    grpo = make_grpo(inner_config, model_config, None)
+
+    def extra_loss(params, mb, extra):
+        penalty, replayed = extra
+        rows = replayed if continual == "replay" else None
+        if continual == "lwf":
+            rows = conversation_rows(mb)
+        return policy_penalty(continual, params, penalty, model_config, rows)
+
+    grpo = make_grpo(
+        inner_config,
+        model_config,
+        None,
+        extra_loss=None if continual is None else extra_loss,
+    )
     mc = model_config
     num_prompts, group = config.num_prompts, config.group_size
     num_turns_max, length = env.max_turns, env.completion_length
@@ -525,7 +598,21 @@ def make_multiturn_grpo(
             "value_clip_fraction": clipped.mean(),
         }
 
-    def credit_learn(state: GRPOState, conv, rewards, hp):
+    def extra_of(state: GRPOState, penalty):
+        """``learn``'s ``extra`` for the continual term: the penalty state and,
+        for replay, this step's rows drawn from ``penalty.rows``."""
+        if continual is None:
+            return None
+        replayed = None
+        if continual == "replay":
+            pool = penalty.rows
+            count = pool.tokens.shape[0]
+            key = jax.random.fold_in(state.key, 0x5E1A)
+            index = jax.random.randint(key, (num_prompts * group,), 0, count)
+            replayed = jax.tree.map(lambda x: x[index], pool)
+        return penalty, replayed
+
+    def credit_learn(state: GRPOState, conv, rewards, hp, penalty=None):
         b = num_prompts * group
         taken = jnp.arange(num_turns_max)[None, :] < conv.num_turns[:, None]
         if rewards.ndim == 3:  # per turn
@@ -562,6 +649,7 @@ def make_multiturn_grpo(
             totals,
             hp,
             advantages=token_advantages.reshape(num_prompts, group, length),
+            extra=extra_of(state, penalty),
         )
         state, value_metrics = value_update(state, conv, old_values, returns, taken, hp)
         valid = taken.astype(jnp.float32)
@@ -580,38 +668,67 @@ def make_multiturn_grpo(
             "turn_advantage_abs": jnp.sum(jnp.abs(advantages)) / count,
         }
 
-    def learn_local(state, conv, rewards, hp):
+    def learn_local(state, conv, rewards, hp, penalty=None):
         if turn_credit is None:
-            return grpo.learn(state, to_rollout(conv), rewards, hp)
-        return credit_learn(state, conv, rewards, hp)
+            return grpo.learn(
+                state, to_rollout(conv), rewards, hp, extra=extra_of(state, penalty)
+            )
+        return credit_learn(state, conv, rewards, hp, penalty)
 
-    def step_local(state: GRPOState, hp):
+    def check_penalty(penalty):
+        if continual is None and penalty is not None:
+            raise ValueError(
+                "penalty given to a program built without continual= "
+                "(make_multiturn_grpo(..., continual='ewc'))"
+            )
+        if continual is not None:
+            if not isinstance(penalty, PenaltyState):
+                raise ValueError(
+                    f"continual={continual!r} needs penalty=continual."
+                    f"penalty_state(...), got {type(penalty).__name__}"
+                )
+            if continual == "replay" and penalty.rows is None:
+                raise ValueError(
+                    "continual='replay' needs penalty.rows (the earlier task's "
+                    "rows: penalty_state(params, rows=...))"
+                )
+        return penalty
+
+    def step_local(state: GRPOState, hp, penalty=None):
         state, conv = sample_local(state, hp)
         if turn_credit is None:
             rewards = conv.rewards.reshape(num_prompts, group)
         else:
             rewards = conv.turn_rewards.reshape(num_prompts, group, num_turns_max)
-        state, metrics = learn_local(state, conv, rewards, hp)
+        state, metrics = learn_local(state, conv, rewards, hp, penalty)
         return state, {**metrics, **_conversation_metrics(conv)}
 
     step_jit = jax.jit(step_local)
 
-    def step(state: GRPOState, hparams: GRPOHParams | None = None):
+    def step(state: GRPOState, hparams: GRPOHParams | None = None, penalty=None):
         """One step: sample, score with the env, learn (jitted)."""
-        return step_jit(state, default_hparams if hparams is None else hparams)
+        hp = default_hparams if hparams is None else hparams
+        return step_jit(state, hp, check_penalty(penalty))
 
     @functools.partial(jax.jit, static_argnums=2)
-    def run_jit(state, hp, num_steps):
-        return jax.lax.scan(lambda s, _: step_local(s, hp), state, None, num_steps)
+    def run_jit(state, hp, num_steps, penalty):
+        return jax.lax.scan(
+            lambda s, _: step_local(s, hp, penalty), state, None, num_steps
+        )
 
-    def run(state: GRPOState, hparams: GRPOHParams | None = None, num_steps: int = 1):
+    def run(
+        state: GRPOState,
+        hparams: GRPOHParams | None = None,
+        num_steps: int = 1,
+        penalty=None,
+    ):
         """``num_steps`` steps as one ``lax.scan`` -> ``(state, metrics)``."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
             raise ValueError(f"run: num_steps must be an int, got {num_steps!r}")
         if num_steps < 0:
             raise ValueError(f"run: num_steps must be >= 0, got {num_steps}")
         hp = default_hparams if hparams is None else hparams
-        return run_jit(state, hp, int(num_steps))
+        return run_jit(state, hp, int(num_steps), check_penalty(penalty))
 
     sample_jit = jax.jit(sample_local)
 
@@ -622,7 +739,7 @@ def make_multiturn_grpo(
 
     learn_jit = jax.jit(learn_local)
 
-    def learn(state, conv: Conversations, rewards, hparams=None):
+    def learn(state, conv: Conversations, rewards, hparams=None, penalty=None):
         """Advantages and updates from ``rewards`` ``[num_prompts,
         group_size]`` (e.g. a Python score of `to_trajectories`); with turn
         credit also ``[num_prompts, group_size, max_turns]`` per turn."""
@@ -638,7 +755,8 @@ def make_multiturn_grpo(
                 f"{list(np.shape(rewards))}"
             )
         hp = default_hparams if hparams is None else hparams
-        return learn_jit(state, conv, jnp.asarray(rewards, jnp.float32), hp)
+        rewards = jnp.asarray(rewards, jnp.float32)
+        return learn_jit(state, conv, rewards, hp, check_penalty(penalty))
 
     @functools.partial(jax.jit, static_argnums=(1, 2, 3))
     def evaluate_jit(params, held_out, greedy, num_scenarios, key, temperature):
@@ -677,6 +795,7 @@ def make_multiturn_grpo(
         evaluate=evaluate,
         turn_credit=turn_credit,
         turn_values=None if turn_credit is None else jax.jit(turn_values),
+        continual=continual,
     )
 
 
@@ -889,10 +1008,14 @@ class TrainResult(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_program(config, model_config, env, turn_credit=None) -> MultiTurnGRPO:
+def _cached_program(
+    config, model_config, env, turn_credit=None, continual=None
+) -> MultiTurnGRPO:
     # train() called again with the same settings (a resumed run) reuses the
     # compiled program.
-    return make_multiturn_grpo(config, model_config, env, turn_credit=turn_credit)
+    return make_multiturn_grpo(
+        config, model_config, env, turn_credit=turn_credit, continual=continual
+    )
 
 
 def _agent_parts(agent_or_params):
@@ -927,6 +1050,8 @@ def train(
     checkpoint_every: int = 10,
     callback: Callable[[int, dict], None] | None = None,
     turn_credit: str | None = None,
+    continual: str | None = None,
+    penalty: PenaltyState | None = None,
     **overrides,
 ) -> TrainResult:
     """Multi-turn GRPO of an agent on ``env`` for ``num_episodes``
@@ -942,7 +1067,10 @@ def train(
     end; with ``resume`` a run finds its latest step there and continues from
     it, exactly as an uninterrupted run (the state holds the key and the step).
     ``callback(step, metrics)`` runs after each step. ``turn_credit``: None
-    or a mode of `TURN_CREDIT` (`make_multiturn_grpo`).
+    or a mode of `TURN_CREDIT` (`make_multiturn_grpo`). ``continual``: None
+    or a term of `CONTINUAL` added to the loss, on ``penalty`` (a
+    `continual.PenaltyState`, e.g. ``continual.penalty_state(old_params,
+    hparams, fisher=...)``; `make_multiturn_grpo`).
     """
     from convergence_jax import checkpoint
 
@@ -960,7 +1088,7 @@ def train(
     if unknown:
         raise ValueError(f"train: unknown GRPOConfig fields {sorted(unknown)}")
     config = GRPOConfig(**{**PROFILES[profile], **overrides})
-    program = _cached_program(config, model_config, env, turn_credit)
+    program = _cached_program(config, model_config, env, turn_credit, continual)
     per_step = config.num_prompts * config.group_size
     num_steps = math.ceil(num_episodes / per_step)
     state = program.init(jax.random.key(seed), params)
@@ -973,14 +1101,14 @@ def train(
     history: list[dict] = []
     for step in range(start, num_steps):
         if reward_fn is None:
-            state, metrics = program.step(state)
+            state, metrics = program.step(state, penalty=penalty)
         else:
             state, conv = program.sample(state)
             trajectories = to_trajectories(env, conv)
             rewards = np.asarray(
                 [float(reward_fn(t)) for t in trajectories], np.float32
             ).reshape(config.num_prompts, config.group_size)
-            state, metrics = program.learn(state, conv, rewards)
+            state, metrics = program.learn(state, conv, rewards, penalty=penalty)
             metrics = {
                 **metrics,
                 **_conversation_metrics(conv),

@@ -546,9 +546,17 @@ def _local_slice(tree, start, size):
     return jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, size, 0), tree)
 
 
-def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
+def make_grpo(
+    config: GRPOConfig, model_config: LMConfig, task=None, *, extra_loss=None
+) -> GRPO:
     """Build the program for ``model_config``'s model on ``task`` (a
     `convergence_jax.llm.tasks.Task`; None when the prompts come from the host).
+
+    ``extra_loss(params, minibatch, extra) -> scalar`` (optional, one device
+    only): a term added to the policy loss of every minibatch update (e.g. a
+    continual-learning penalty, `convergence_jax.agents.continual`), with
+    ``extra`` the pytree given to ``learn(..., extra=...)`` and ``minibatch`` the
+    update's data (``prompt_tokens``, ``tokens``, ``mask``, ``loss_mask``, ...).
 
     Bad settings raise ``ValueError`` naming the field, before anything compiles:
     an unknown loss, group size 1 for a group-relative loss, sizes that do not
@@ -557,6 +565,8 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
     model's vocabulary.
     """
     recipe = _check(config, model_config, task)
+    if extra_loss is not None and config.num_devices != 1:
+        raise ValueError("make_grpo: extra_loss runs on one device (num_devices=1)")
     mc = model_config
     num_prompts, group = config.num_prompts, config.group_size
     length = config.max_new_tokens
@@ -854,15 +864,25 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
             data,
         )
 
-    def update_epochs(state: GRPOState, data, key, hp, train_policy, train_value):
+    def update_epochs(
+        state: GRPOState, data, key, hp, train_policy, train_value, extra=None
+    ):
         tx = optimizer(hp.max_grad_norm, hp.weight_decay)
         batches = minibatches(data)
+        policy_loss_fn = value_policy_loss if value_model else group_loss
+        if extra_loss is not None and train_policy:
+
+            def policy_loss_fn(params, mb, hp):
+                base = value_policy_loss if value_model else group_loss
+                loss, metrics = base(params, mb, hp)
+                term = extra_loss(params, mb, extra)
+                return loss + term, {**metrics, "extra_loss": term}
 
         def minibatch_step(carry, mb):
             params, opt_state, value_params, value_opt_state = carry
             metrics = {}
             if train_policy:
-                loss_fn = value_policy_loss if value_model else group_loss
+                loss_fn = policy_loss_fn
                 grads, metrics = jax.grad(loss_fn, has_aux=True)(params, mb, hp)
                 grads = psum(grads)
                 metrics["grad_norm"] = optax.tree.norm(grads)
@@ -918,7 +938,14 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         return jnp.where(mask > 0, (x - mean) * lax.rsqrt(var + 1e-8), 0.0)
 
     def learn_local(
-        state: GRPOState, rollout: Rollout, rewards, valid, key, hp, advantages=None
+        state: GRPOState,
+        rollout: Rollout,
+        rewards,
+        valid,
+        key,
+        hp,
+        advantages=None,
+        extra=None,
     ):
         p, g, n = rollout.tokens.shape
         trained = rollout.mask if rollout.loss_mask is None else rollout.loss_mask
@@ -1001,7 +1028,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 * valid[:, None]
             )
         state, update_metrics = update_epochs(
-            state, data, key, hp, train_policy=True, train_value=value_model
+            state, data, key, hp, True, value_model, extra
         )
         metrics.update(update_metrics)
         metrics["valid_groups"] = pmean(valid.mean().astype(jnp.float32))
@@ -1022,13 +1049,22 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         rollout = draw_local(state.params, k_sample, hp, prompts)
         return state.replace(key=key), rollout
 
-    def host_learn_local(state: GRPOState, rollout, rewards, valid, hp, advantages):
+    def host_learn_local(
+        state: GRPOState, rollout, rewards, valid, hp, advantages, extra=None
+    ):
         key, k_learn = jax.random.split(state.key)
         rewards = shape_rewards(rewards, rollout)
         if recipe.dynamic_sampling:
             valid = valid & group_spread(rewards)
         return learn_local(
-            state.replace(key=key), rollout, rewards, valid, k_learn, hp, advantages
+            state.replace(key=key),
+            rollout,
+            rewards,
+            valid,
+            k_learn,
+            hp,
+            advantages,
+            extra,
         )
 
     def pretrain_value_local(state: GRPOState, hp):
@@ -1207,7 +1243,9 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         return _sample_jit(state, hp, prompts, True)
 
     @functools.partial(jax.jit, static_argnums=5)
-    def _learn_jit(state, rollout, rewards, valid, hp, has_problem, advantages):
+    def _learn_jit(
+        state, rollout, rewards, valid, hp, has_problem, advantages, extra=None
+    ):
         if sharded:
             spec = rollout_spec._replace(
                 problem=P(AXIS) if has_problem else None,
@@ -1228,7 +1266,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 check_vma=False,
             )
             return fn(state, rollout, rewards, valid, hp, advantages)
-        return host_learn_local(state, rollout, rewards, valid, hp, advantages)
+        return host_learn_local(state, rollout, rewards, valid, hp, advantages, extra)
 
     def learn(
         state: GRPOState,
@@ -1237,6 +1275,7 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         hparams: GRPOHParams | None = None,
         valid=None,
         advantages=None,
+        extra=None,
     ):
         """Advantages and updates on a `Rollout` scored on the host: ``rewards``
         ``[num_prompts, group_size]``; ``valid`` ``[num_prompts]`` bool (groups
@@ -1245,7 +1284,8 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
         completion or ``[num_prompts, group_size, max_new_tokens]`` per token,
         used instead of the group advantages of ``rewards`` (which then only
         feed DAPO's filters and the metrics): e.g. multi-turn turn-level
-        credit (`convergence_jax.agents.multiturn`)."""
+        credit (`convergence_jax.agents.multiturn`). ``extra``: the pytree
+        handed to ``extra_loss`` (`make_grpo`)."""
         hp = default_hparams if hparams is None else hparams
         if advantages is not None:
             if value_model:
@@ -1294,7 +1334,14 @@ def make_grpo(config: GRPOConfig, model_config: LMConfig, task=None) -> GRPO:
                 f"{list(valid.shape)}"
             )
         return _learn_jit(
-            state, rollout, rewards, valid, hp, rollout.problem is not None, advantages
+            state,
+            rollout,
+            rewards,
+            valid,
+            hp,
+            rollout.problem is not None,
+            advantages,
+            extra,
         )
 
     def host_step(
