@@ -91,7 +91,10 @@ class Args:
     learning_rate: float = 1e-3
     """AdamW step size of the SAO updates."""
     steps_per_round: int = 150
-    """Preference updates per round."""
+    """Preference updates per round (at most, with --epochs)."""
+    epochs: float | None = 1.0
+    """Updates per round = ceil(epochs * kept pairs / batch) (the paper trains 1
+    epoch); None: always --steps-per-round."""
     batch_size: int = 32
     """Pairs per update."""
     judge_steps: int = 0
@@ -247,6 +250,7 @@ def main(args: Args) -> dict:
         batch_size=args.batch_size,
         num_steps=args.steps_per_round,
         capacity=args.personas,
+        epochs=args.epochs,
     )
     sao_config = sao.SAOConfig(
         temperature=args.temperature,
@@ -363,7 +367,8 @@ def write_markdown(result, args):
         f"(no label): {args.rounds} rounds of {args.personas} personas, tau "
         f"{args.temperature}, both-order self-judgment, {args.loss} (beta "
         f"{args.beta:g}, gamma {args.gamma:g}), {args.steps_per_round} updates of "
-        f"{args.batch_size} pairs per round, step size {args.learning_rate:g}.",
+        f"{args.batch_size} pairs per round at most ({args.epochs} epoch(s) of the "
+        f"round's pairs), step size {args.learning_rate:g}.",
         "",
         "Accuracy: greedy exact match on 512 held-out problems (never in warm-up or "
         "SAO data). Judge accuracy: on 512 held-out warm-up-style pairs (one right, "

@@ -714,6 +714,10 @@ class PreferenceTrainer:
     the pairs tokenized by `pairs_to_batch` and tiled to ``capacity`` rows, so one
     compiled ``run`` serves every round. For a loss with a reference (DPO, IPO,
     ...) the reference is the round's starting model (iterative DPO's choice).
+
+    ``epochs``: train ``ceil(epochs * pairs / batch_size)`` updates (at most
+    ``num_steps``) instead of ``num_steps`` (the paper trains 1 epoch), so that a
+    round with few kept pairs takes few updates (one compiled update, looped).
     """
 
     def __init__(
@@ -729,7 +733,12 @@ class PreferenceTrainer:
         num_steps: int = 100,
         capacity: int = 512,
         template: str = "{prompt}",
+        epochs: float | None = None,
     ):
+        if epochs is not None and not (
+            isinstance(epochs, int | float) and math.isfinite(epochs) and epochs > 0
+        ):
+            raise ValueError(f"PreferenceTrainer: epochs must be > 0, got {epochs!r}")
         if loss not in PREFERENCE_LOSSES:
             raise ValueError(
                 f"unknown preference loss {loss!r}; expected one of "
@@ -754,11 +763,14 @@ class PreferenceTrainer:
         self.loss = loss
         self.hparams = hparams
         self.num_steps = num_steps
+        self.epochs = epochs
+        self.batch_size = batch_size
         self.program = make_preference(
             config, loss, batch_size=batch_size, hparams=hparams
         )
+        chunk = num_steps if epochs is None else 1
         self._run = jax.jit(
-            lambda state, data, hp: self.program.run(state, data, hp, num_steps)
+            lambda state, data, hp: self.program.run(state, data, hp, chunk)
         )
 
     def batch(self, pairs: Sequence[PreferencePair]) -> PreferenceBatch:
@@ -781,11 +793,25 @@ class PreferenceTrainer:
         if not fitting:
             return params, {"pairs": 0, "dropped_overlong": len(pairs)}
         state = self.program.init(key, params=params)
-        state, metrics = self._run(state, self.batch(fitting), self.hparams)
+        data = self.batch(fitting)
+        if self.epochs is None:
+            steps = self.num_steps
+            state, metrics = self._run(state, data, self.hparams)
+        else:
+            steps = min(
+                self.num_steps,
+                max(1, math.ceil(self.epochs * len(fitting) / self.batch_size)),
+            )
+            chunks = []
+            for _ in range(steps):
+                state, m = self._run(state, data, self.hparams)
+                chunks.append(m)
+            metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *chunks)
         summary = {
-            name: float(np.mean(np.asarray(v)[-max(1, self.num_steps // 10) :]))
+            name: float(np.mean(np.asarray(v)[-max(1, steps // 10) :]))
             for name, v in metrics.items()
         }
+        summary["steps"] = steps
         summary["pairs"] = len(fitting)
         summary["dropped_overlong"] = len(pairs) - len(fitting)
         return state.params, summary
