@@ -215,9 +215,10 @@ def tiny():
         tokenizer,
         prompt_length=8,
         completion_length=7,
-        batch_size=4,
-        num_steps=2,
-        capacity=8,
+        batch_size=2,
+        num_steps=3,
+        capacity=4,
+        epochs=1.0,
     )
     return config, tokenizer, model, trainer
 
@@ -391,3 +392,16 @@ def test_experiment_script_writes_pairs_and_report(tmp_path):
     pairs = load_pairs(tmp_path / "run" / "round_1" / "round_1.jsonl")
     assert len(pairs) == report["kept"] >= 1
     assert all(p.chosen.startswith("a") for p in pairs)  # the judge's preference
+
+
+def test_trainer_epochs_scale_updates_with_pairs(tiny):
+    config, tokenizer, model, trainer = tiny
+    pairs = [sao.PreferencePair(f"{i}+1=", str(i + 1), str(i)) for i in range(5)]
+    _, one = trainer.train(jax.random.key(0), model.params, pairs[:1])
+    _, capped = trainer.train(jax.random.key(0), model.params, pairs)
+    assert (one["steps"], capped["steps"]) == (1, 3)  # ceil(5 / 2) = 3 = the cap
+    assert np.isfinite(capped["loss"]) and capped["pairs"] == 5
+    with pytest.raises(ValueError, match="epochs must be > 0"):
+        sao.PreferenceTrainer(
+            config, tokenizer, prompt_length=8, completion_length=7, epochs=0
+        )
