@@ -55,12 +55,16 @@ class Args:
     """Distinct prompts in the preference set (train + held-out)."""
     held_out: int = 512
     """Of them, held-out pairs."""
-    steps: int = 3000
+    steps: int = 5000
     """Updates per run."""
     batch_size: int = 32
     """Pairs per update."""
     learning_rate: float = 3e-3
-    """AdamW step size (both losses)."""
+    """Peak AdamW step size (both losses)."""
+    cosine_decay: bool = True
+    """Cosine decay of the step size to a tenth of its peak at the last step
+    (SAO's recipe). With a constant step size and 3000 steps SimPO (10 / 3)
+    reached 89.1 / 88.1 / 90.6% held-out, DPO 96.1 / 93.4 / 90.2%."""
     dpo_beta: float = 1.0
     """DPO's beta."""
     simpo_beta: float = 10.0
@@ -102,6 +106,7 @@ def main(args: Args) -> None:
             steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            cosine_decay=args.cosine_decay,
             num_seeds=args.num_seeds,
             eval_every=args.eval_every,
             out_dir=str(out_root / loss),
@@ -165,7 +170,13 @@ def main(args: Args) -> None:
         "training. Model: a fresh 2-layer transformer per seed (width 64, 4 heads, "
         "rotary base 100), reference = its own initial parameters (frozen). "
         f"{args.steps} AdamW updates of {args.batch_size} pairs, step size "
-        f"{args.learning_rate:g} (20 warmup steps), clipping 1.0.",
+        f"{args.learning_rate:g} (20 warmup steps"
+        + (
+            ", then cosine decay to a tenth at the last step"
+            if args.cosine_decay
+            else ""
+        )
+        + "), clipping 1.0.",
         "",
         "Win rate: the fraction of held-out pairs whose chosen answer the policy "
         "gives a strictly higher log-probability than the rejected one. Reward "

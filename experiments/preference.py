@@ -81,6 +81,9 @@ class Config:
     """Peak AdamW step size."""
     warmup_steps: int = 20
     """Linear warmup."""
+    cosine_decay: bool = False
+    """Cosine decay of the step size to a tenth of its peak at the last step
+    (SAO's and SimPO's recipe); off: constant after the warmup."""
     max_grad_norm: float = 1.0
     """Global-norm clipping (0: off)."""
     beta: float = 1.0
@@ -161,6 +164,7 @@ def hparams(config: Config) -> llm.PreferenceHParams:
         label_smoothing=config.label_smoothing,
         orpo_lambda=config.orpo_lambda,
         warmup_steps=config.warmup_steps,
+        decay_steps=config.steps if config.cosine_decay else 0,
         max_grad_norm=config.max_grad_norm,
     )
 
