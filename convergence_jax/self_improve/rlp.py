@@ -566,6 +566,7 @@ def sum_thought_batch(
     config: RLPConfig,
     offsets: Sequence[int] = (1, 2, 4),
     modulus: int = 10,
+    corrupt: float = 0.0,
 ) -> SFTBatch:
     """Thought-formatted warm-up rows for a `digit_sum_stream` (an `SFTBatch`):
 
@@ -578,16 +579,29 @@ def sum_thought_batch(
     on ``think_start``,
     which RLP forces, so the model never learns to emit it at a context
     position and its no-think predictions stay those of the stream). Positions
-    ``t`` uniform in ``[max(offsets), T - 1]``."""
+    ``t`` uniform in ``[max(offsets), T - 1]``.
+
+    ``corrupt``: the fraction of rows whose scratchpad is wrong (a random
+    nonzero shift added to the running sum from a random step on, so ``p_k !=
+    x_t``), with the true ``x_t`` after it and the loss on ``x_t`` only: the
+    predictor learns how far to trust a thought (without them it copies ``p_k``
+    with near certainty, and a wrong thought costs many nats), the policy never
+    learns to write a wrong one."""
     offsets = tuple(int(o) for o in offsets)
     num, length = data.shape
     start = max(offsets)
-    k_seq, k_pos = jax.random.split(key)
+    k_seq, k_pos, k_bad, k_from, k_shift = jax.random.split(key, 5)
     seq = jax.random.randint(k_seq, (batch_size,), 0, num)
     t = jax.random.randint(k_pos, (batch_size,), start, length)
     window, window_mask = _windows(data, seq, t, config.context_length, config.pad_id)
     picked = jnp.stack([data[seq, t - o] for o in offsets], axis=1)
     partial = jnp.cumsum(picked, axis=1) % modulus
+    bad = jax.random.bernoulli(k_bad, corrupt, (batch_size,))
+    if len(offsets) > 1:
+        first = jax.random.randint(k_from, (batch_size, 1), 1, len(offsets))
+        shift = jax.random.randint(k_shift, (batch_size, 1), 1, modulus)
+        wrong = (partial + shift * (jnp.arange(len(offsets)) >= first)) % modulus
+        partial = jnp.where(bad[:, None], wrong, partial)
     # d_1, then (d_j, p_j) for j >= 2: each sum's operands sit next to it.
     steps = [picked[:, :1]]
     for j in range(1, len(offsets)):
@@ -607,9 +621,10 @@ def sum_thought_batch(
     )
     ones = jnp.ones((batch_size, thought.shape[1] + 3), jnp.int32)
     mask = jnp.concatenate([window_mask, ones], axis=1)
-    loss_mask = jnp.concatenate(
-        [jnp.zeros_like(window_mask), ones.at[:, 0].set(0)], axis=1
-    )
+    thought_loss = ones.at[:, 0].set(0)
+    only_target = jnp.zeros_like(ones).at[:, -1].set(1)
+    thought_loss = jnp.where(bad[:, None], only_target, thought_loss)
+    loss_mask = jnp.concatenate([jnp.zeros_like(window_mask), thought_loss], axis=1)
     return SFTBatch(tokens, mask, loss_mask)
 
 

@@ -138,9 +138,11 @@ def test_clipped_surrogate_matches_numpy_value_gradient_and_clip_fraction():
     el, eh = 0.2, 0.28
     want, want_grad, want_clip = np_surrogate(logp, old, adv, mask, el, eh)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    (loss, metrics), grad = jax.value_and_grad(
-        lambda lp: rlp.rlp_surrogate(lp, f32(old), f32(adv), f32(mask), el, eh),
-        has_aux=True,
+    (loss, metrics), grad = jax.jit(
+        jax.value_and_grad(
+            lambda lp: rlp.rlp_surrogate(lp, f32(old), f32(adv), f32(mask), el, eh),
+            has_aux=True,
+        )
     )(f32(logp))
     np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
@@ -148,15 +150,11 @@ def test_clipped_surrogate_matches_numpy_value_gradient_and_clip_fraction():
     assert 0.05 < want_clip < 0.95
     # The same as the GRPO-family loss with TRL's "grpo" aggregation.
     flat = lambda x: f32(x).reshape(12, 5)  # noqa: E731
-    grpo, _ = llm.policy_loss(
-        flat(logp),
-        flat(old),
-        f32(adv).reshape(12),
-        flat(mask),
-        epsilon_low=el,
-        epsilon_high=eh,
-        aggregation="grpo",
-    )
+    grpo, _ = jax.jit(
+        lambda *a: llm.policy_loss(
+            *a, epsilon_low=el, epsilon_high=eh, aggregation="grpo"
+        )
+    )(flat(logp), flat(old), f32(adv).reshape(12), flat(mask))
     np.testing.assert_allclose(grpo, loss, rtol=1e-5)
 
 
@@ -165,8 +163,10 @@ def test_surrogate_mask_no_gradient_from_masked_positions():
     old = jnp.asarray([[[-1.2, -1.0, 3.0, jnp.nan]]])
     mask = jnp.asarray([[[1.0, 1.0, 0.0, 0.0]]])
     adv = jnp.asarray([[0.7]])
-    (loss, _), g = jax.value_and_grad(
-        lambda lp: rlp.rlp_surrogate(lp, old, adv, mask), has_aux=True
+    (loss, _), g = jax.jit(
+        jax.value_and_grad(
+            lambda lp: rlp.rlp_surrogate(lp, old, adv, mask), has_aux=True
+        )
     )(logp)
     assert np.isfinite(loss)
     assert np.all(np.asarray(g)[0, 0, 2:] == 0) and np.all(np.asarray(g)[0, 0, :2])
@@ -200,7 +200,9 @@ def test_digit_sum_stream_and_thought_rows():
         np.testing.assert_array_equal(
             data[:, t], (data[:, t - 1] + data[:, t - 2] + data[:, t - 4]) % 10
         )
-    batch = rlp.sum_thought_batch(jax.random.key(4), jnp.asarray(data), 5, CONFIG)
+    key = jax.random.key(4)
+    rows = jax.jit(lambda d, c: rlp.sum_thought_batch(key, d, 5, CONFIG, corrupt=c))
+    batch = rows(jnp.asarray(data), 0.0)
     tokens, mask, loss_mask = map(np.asarray, batch)
     w = CONFIG.context_length
     assert np.all(tokens[:, w] == START) and np.all(tokens[:, w + 6] == END)
@@ -214,6 +216,12 @@ def test_digit_sum_stream_and_thought_rows():
     np.testing.assert_array_equal(loss_mask[:, : w + 1], 0)  # context, <think>
     np.testing.assert_array_equal(loss_mask[:, w + 1 :], 1)
     np.testing.assert_array_equal(mask[:, w:], 1)
+    # corrupt = 1: every scratchpad wrong (p_3 != x_t), the loss on x_t only.
+    bad = rows(jnp.asarray(data), 1.0)
+    tokens, _, loss_mask = map(np.asarray, bad)
+    assert np.all(tokens[:, w + 5] != tokens[:, w + 7])
+    np.testing.assert_array_equal(loss_mask[:, :-1], 0)
+    np.testing.assert_array_equal(loss_mask[:, -1], 1)
 
 
 # --- the program ---------------------------------------------------------------
