@@ -5,6 +5,17 @@ warmed-up model, in each of 3 seeds; the judge's agreement with the hidden truth
 is reported per round.
 
     python benchmarks/sao_learning.py                 # the committed run
+
+**Measured: the bar is NOT met** (results/sao_learning.md; a first run with
+(4, 24, 16) warm-up rows, equal weights and 150 updates per round is
+results/sao_learning_v1.md). The 2-layer model answers 10-35% of held-out
+problems after warm-up but judges held-out one-right pairs only 55-58% right
+(chance 50%), mostly by position: about 300-390 of ~450 pairs per round get
+opposite verdicts in the two orders and are dropped; the few kept pairs mostly
+have two wrong answers or a wrong chosen one, and SimPO on them lowers accuracy
+in every seed. With two layers the judge cannot reuse the answering
+computation (the prediction of each digit, then a comparison, then an
+aggregation), so here checking a sum is harder than writing it.
     python benchmarks/sao_learning.py --rounds 1      # shorter
 
 The task (`self_improve.sao.PersonaArithmetic`): a persona from the bank of 720
@@ -99,15 +110,15 @@ class Args:
     """Pairs per update."""
     judge_steps: int = 0
     """Warm-up phase 1: writing and judging only (0: none)."""
-    rows: tuple[int, int, int] = (4, 24, 16)
+    rows: tuple[int, int, int] = (4, 16, 32)
     """Warm-up examples per step of writing, answering, judging."""
-    weights: tuple[float, float, float] = (0.3, 1.0, 1.0)
+    weights: tuple[float, float, float] = (0.3, 1.0, 2.0)
     """Warm-up loss weights of writing, answering, judging."""
-    max_answer_steps: int = 3000
+    max_answer_steps: int = 3500
     """Warm-up phase 2 (all three skills) gives up on a seed here."""
     check_every: int = 50
     """Phase 2 checks each seed's greedy accuracy this often."""
-    target_accuracy: float = 0.35
+    target_accuracy: float = 0.25
     """Phase 2 stops a seed at this greedy accuracy on the stop set."""
     warmup_lr: float = 3e-3
     """Warm-up AdamW step size."""
