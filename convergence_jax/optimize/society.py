@@ -72,6 +72,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from convergence_jax.optimize.config import ConfigError, OptimizeConfig
+from convergence_jax.self_improve.pairs import parse_ranking as _parse_ranking
 from convergence_jax.spaces import Categorical, Float, Int, SearchSpace
 
 __all__ = [
@@ -272,20 +273,14 @@ def parse_predictions(text: str, n: int) -> list[float]:
     return out
 
 
-_RANKING = re.compile(r"ranking\s*[:=]\s*\**\s*(\d+)\s*>\s*(\d+)", re.I)
-
-
 def parse_ranking(text: str) -> int:
     """SAO's judging format, ``"ranking: X > Y"`` with X, Y one of 1 or 2 without
-    repetition -> X, the preferred reply; any case and spacing, the last ranking
-    in the reply counts. Raises ``ReplyError("garbled")``."""
-    found = _RANKING.findall(text or "")
-    if not found:
+    repetition -> X, the preferred reply (`self_improve.pairs.parse_ranking`; the
+    last ranking in the reply counts). Raises ``ReplyError("garbled")``."""
+    ranking = _parse_ranking(text or "", which="last")
+    if ranking is None:
         raise ReplyError("garbled", "no 'ranking: X > Y' (X, Y one of 1 or 2)")
-    best, worst = (int(v) for v in found[-1])
-    if {best, worst} != {1, 2}:
-        raise ReplyError("garbled", f"ranking {best} > {worst}: not 1 and 2")
-    return best
+    return ranking[0]
 
 
 def information_gain(

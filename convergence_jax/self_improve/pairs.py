@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "filter_pairs",
     "load_pairs",
     "ngram_similarity",
+    "parse_ranking",
     "save_pairs",
 ]
 
@@ -150,6 +152,37 @@ def load_pairs(path: str | os.PathLike) -> list[PreferencePair]:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}, {where}: {error}") from None
     return out
+
+
+RANKING = re.compile(r"ranking\s*[:=]\s*\**\s*(\d+)\s*>\s*(\d+)", re.IGNORECASE)
+"""SAO's judging format ``ranking: X > Y`` anywhere in a text: any case and
+spacing, ``=`` for ``:``, markdown bold (``**Ranking:** 2 > 1``)."""
+
+
+def parse_ranking(
+    text: str, prompted: bool = False, which: Literal["first", "last"] = "first"
+) -> tuple[int, int] | None:
+    """``(best, worst)`` from a judge's reply in SAO's fixed format ``ranking: X >
+    Y`` (X, Y one of 1 or 2, X != Y), or None when it does not parse (no such
+    text, a repeated digit, a number other than 1 or 2).
+
+    ``prompted``: the judging prompt itself ended with ``ranking:`` (how a tiny
+    model is asked) and ``text`` is its continuation, e.g. ``" 1 > 2"``.
+    ``which``: the ranking that counts when a reply has several: the ``first``
+    (a model answering in the format at once) or the ``last`` (a chat model that
+    may quote the format before its verdict).
+    """
+    if which not in ("first", "last"):
+        raise ValueError(f"parse_ranking: which must be 'first' or 'last': {which!r}")
+    if not isinstance(text, str):
+        return None
+    found = RANKING.findall(("ranking:" + text) if prompted else text)
+    if not found:
+        return None
+    best, worst = (int(v) for v in found[0 if which == "first" else -1])
+    if {best, worst} != {1, 2}:
+        return None
+    return best, worst
 
 
 def _units(text: str, unit: Unit) -> list[str]:

@@ -90,6 +90,7 @@ from convergence_jax.self_improve.pairs import (
     PairFilter,
     PreferencePair,
     filter_pairs,
+    parse_ranking,
     save_pairs,
 )
 from convergence_jax.self_improve.personas import Persona
@@ -116,28 +117,6 @@ __all__ = [
 
 
 # --- the ranking format ------------------------------------------------------------
-
-RANKING = re.compile(r"ranking\s*:\s*(\d+)\s*>\s*(\d+)", re.IGNORECASE)
-"""``ranking: X > Y`` anywhere in the text (first match), any case and spacing."""
-
-
-def parse_ranking(text: str, prompted: bool = False) -> tuple[int, int] | None:
-    """``(best, worst)`` from a judge's reply in the fixed format ``ranking: X >
-    Y`` (X, Y one of 1 or 2, X != Y), or None when it does not parse (no such
-    text, a repeated digit, a number other than 1 or 2).
-
-    ``prompted``: the judging prompt itself ended with ``ranking:`` (how the
-    tiny model is asked) and ``text`` is its continuation, e.g. ``" 1 > 2"``.
-    """
-    if not isinstance(text, str):
-        return None
-    match = RANKING.search(("ranking:" + text) if prompted else text)
-    if match is None:
-        return None
-    best, worst = int(match.group(1)), int(match.group(2))
-    if {best, worst} != {1, 2}:
-        return None
-    return best, worst
 
 
 @dataclasses.dataclass(frozen=True)

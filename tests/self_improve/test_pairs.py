@@ -109,3 +109,14 @@ def test_filter_lengths_in_chars_and_threshold():
 def test_bad_filter(kwargs):
     with pytest.raises(ValueError, match="PairFilter"):
         PairFilter(**kwargs)
+
+
+def test_parse_ranking_first_or_last():
+    from convergence_jax.self_improve.pairs import parse_ranking
+
+    text = "Answer as 'ranking: 1 > 2'. ... **Ranking:** 2 > 1"
+    assert parse_ranking(text) == (1, 2)
+    assert parse_ranking(text, which="last") == (2, 1)
+    assert parse_ranking("ranking = 2 > 1", which="last") == (2, 1)
+    with pytest.raises(ValueError, match="which"):
+        parse_ranking(text, which="middle")
