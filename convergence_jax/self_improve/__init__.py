@@ -2,7 +2,7 @@
 SAO (self-synthetic preference data) and RLP (reasoning rewarded by information
 gain). See docs/self_improvement.md."""
 
-from convergence_jax.self_improve import pairs
+from convergence_jax.self_improve import pairs, personas, sao
 from convergence_jax.self_improve.pairs import (
     PairFilter,
     PreferencePair,
@@ -10,16 +10,37 @@ from convergence_jax.self_improve.pairs import (
     filter_pairs,
     load_pairs,
     ngram_similarity,
+    parse_ranking,
     save_pairs,
+)
+from convergence_jax.self_improve.personas import Persona, persona_bank
+from convergence_jax.self_improve.sao import (
+    JaxGenerator,
+    OpenAIGenerator,
+    PreferenceTrainer,
+    SAOConfig,
+    run_sao,
+    sao_round,
 )
 
 __all__ = [
+    "JaxGenerator",
+    "OpenAIGenerator",
     "PairFilter",
+    "Persona",
     "PreferencePair",
+    "PreferenceTrainer",
+    "SAOConfig",
     "distinct_n",
     "filter_pairs",
     "load_pairs",
     "ngram_similarity",
     "pairs",
+    "parse_ranking",
+    "persona_bank",
+    "personas",
+    "run_sao",
+    "sao",
+    "sao_round",
     "save_pairs",
 ]
