@@ -81,13 +81,16 @@ class Config:
     """Attention heads."""
     rope_theta: float = 100.0
     """Rotary base (llm.AdditionWarmup explains 100)."""
-    warmup_steps: int = 800
+    warmup_steps: int = 1000
     """Warm-up AdamW steps (next-token prediction, see the module docstring)."""
     warmup_batch: int = 64
     """Rows of each of the two warm-up batches."""
     warmup_lr: float = 3e-3
     """Warm-up step size."""
-    rlp_steps: int = 300
+    warmup_corrupt: float = 0.2
+    """Fraction of warm-up thought rows with a wrong scratchpad (loss on x_t only;
+    rlp.sum_thought_batch's corrupt)."""
+    rlp_steps: int = 250
     """RLP steps (rollouts)."""
     batch_size: int = 16
     """RLP contexts per step (B)."""
@@ -169,6 +172,7 @@ def make_warmup(config: Config, mcfg: lm.LMConfig, rcfg: rlp.RLPConfig):
             rcfg,
             config.offsets,
             config.modulus,
+            config.warmup_corrupt,
         )
         plain_loss, _ = sft_loss(params, mcfg, plain)
         thought_loss, parts = sft_loss(params, mcfg, thought)
