@@ -2,7 +2,7 @@
 SAO (self-synthetic preference data) and RLP (reasoning rewarded by information
 gain). See docs/self_improvement.md."""
 
-from convergence_jax.self_improve import pairs, personas, sao
+from convergence_jax.self_improve import pairs, personas, rlp, sao
 from convergence_jax.self_improve.pairs import (
     PairFilter,
     PreferencePair,
@@ -14,6 +14,13 @@ from convergence_jax.self_improve.pairs import (
     save_pairs,
 )
 from convergence_jax.self_improve.personas import Persona, persona_bank
+from convergence_jax.self_improve.rlp import (
+    RLPConfig,
+    RLPHParams,
+    RLPState,
+    digit_sum_stream,
+    make_rlp,
+)
 from convergence_jax.self_improve.sao import (
     JaxGenerator,
     OpenAIGenerator,
@@ -30,15 +37,21 @@ __all__ = [
     "Persona",
     "PreferencePair",
     "PreferenceTrainer",
+    "RLPConfig",
+    "RLPHParams",
+    "RLPState",
     "SAOConfig",
+    "digit_sum_stream",
     "distinct_n",
     "filter_pairs",
     "load_pairs",
+    "make_rlp",
     "ngram_similarity",
     "pairs",
     "parse_ranking",
     "persona_bank",
     "personas",
+    "rlp",
     "run_sao",
     "sao",
     "sao_round",
