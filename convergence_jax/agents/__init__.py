@@ -38,6 +38,7 @@ from convergence_jax.agents.continual import (
     Continual,
     ContinualHParams,
     ContinualState,
+    PenaltyState,
     ReplayBuffer,
     continual_penalty,
     dataset_source,
@@ -47,7 +48,10 @@ from convergence_jax.agents.continual import (
     lwf_kl,
     make_continual,
     make_schedule,
+    penalty_state,
+    policy_penalty,
     task_source,
+    template_rows,
 )
 from convergence_jax.agents.conversation import (
     ConversationEnv,
@@ -62,10 +66,12 @@ from convergence_jax.agents.export import (
 )
 from convergence_jax.agents.judge import JudgeError, LLMJudge, parse_score
 from convergence_jax.agents.multiturn import (
+    CONTINUAL,
     PROFILES,
     TURN_CREDIT,
     MultiTurnGRPO,
     MultiTurnSFT,
+    conversation_rows,
     make_multiturn_grpo,
     make_multiturn_sft,
     train,
@@ -126,6 +132,7 @@ from convergence_jax.agents.trajectory import (
 __all__ = [
     "AgentCheckpointError",
     "Backend",
+    "CONTINUAL",
     "CONTINUAL_METHODS",
     "Completion",
     "Continual",
@@ -142,6 +149,7 @@ __all__ = [
     "MultiTurnSFT",
     "OpenAIBackend",
     "PROFILES",
+    "PenaltyState",
     "TURN_CREDIT",
     "Plan",
     "ReplayBuffer",
@@ -210,4 +218,8 @@ __all__ = [
     "text_of",
     "tokenize_trajectories",
     "tokenize_trajectory",
+    "penalty_state",
+    "policy_penalty",
+    "template_rows",
+    "conversation_rows",
 ]
