@@ -93,6 +93,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from convergence_jax.llm.preference import _check_number
 from convergence_jax.llm.sft import SFTHParams, adamw_update
 from convergence_jax.llm.tasks import SFTBatch
 from convergence_jax.lm.config import LMConfig
@@ -116,29 +117,6 @@ __all__ = [
 
 
 # --- checks -----------------------------------------------------------------
-
-
-def _check_number(
-    where: str, name: str, value, low=None, high=None, low_open=False, high_open=False
-) -> None:
-    """Validate a concrete scalar (traced values pass through)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    v = np.asarray(value, np.float64)
-    bad = not np.all(np.isfinite(v))
-    if low is not None:
-        bad |= bool(np.any(v <= low) if low_open else np.any(v < low))
-    if high is not None:
-        bad |= bool(np.any(v >= high) if high_open else np.any(v > high))
-    if bad:
-        if low is not None and high is not None:
-            left, right = "(" if low_open else "[", ")" if high_open else "]"
-            span = f" in {left}{low}, {high}{right}"
-        elif low is not None:
-            span = f" {'>' if low_open else '>='} {low}"
-        else:
-            span = ""
-        raise ValueError(f"{where}: {name} must be finite{span}, got {value!r}")
 
 
 def _check_shapes(where: str, fn, **arrays) -> None:
