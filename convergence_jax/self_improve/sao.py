@@ -325,64 +325,50 @@ class OpenAIGenerator:
         max_concurrency: int = 4,
         extra_body: dict | None = None,
     ):
-        from convergence_jax.optimize.http import Caller, token_from_env
+        from convergence_jax.agents.agent import OpenAIBackend
 
-        if not isinstance(base_url, str) or not base_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a non-empty string, got {model!r}")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise ValueError(f"max_concurrency must be an int, got {max_concurrency!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.max_tokens = max_tokens
-        self.system = system
-        self.extra_body = dict(extra_body or {})
-        self.max_concurrency = max_concurrency
-        token = token_from_env(token_env, "OpenAIGenerator token_env")
-        self.caller = Caller(
+        # The request, the token (from the environment, masked in errors), the
+        # retries and the response parsing are the agents' OpenAI backend's.
+        self.backend = OpenAIBackend(
+            base_url,
+            model,
+            token_env,
             timeout_s=timeout_s,
             retries=retries,
             backoff_s=backoff_s,
             backoff_max_s=backoff_max_s,
-            concurrency=max_concurrency,
+            max_tokens=max_tokens,
+            extra_body=extra_body,
+            max_concurrency=max_concurrency,
         )
-        self.headers = {}
-        if token:
-            self.caller.secrets.append(token)
-            self.headers["Authorization"] = f"Bearer {token}"
+        self.model = model
+        self.system = system
+        self.max_concurrency = max_concurrency
         self.errors: list[str] = []
-        self.notes: list[str] = []
+
+    @property
+    def notes(self) -> list[str]:
+        """The HTTP client's notes (retries and their reasons)."""
+        return self.backend.notes
 
     def _one(self, prompt: str, temperature: float, seed: int) -> str:
-        from convergence_jax.optimize.http import HttpCallError, get_path
+        from convergence_jax.optimize.http import HttpCallError
 
         messages = [{"role": "user", "content": prompt}]
         if self.system:
             messages.insert(0, {"role": "system", "content": self.system})
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": float(temperature),
-            "seed": int(seed),
-            **self.extra_body,
-        }
-        if self.max_tokens is not None:
-            body["max_tokens"] = int(self.max_tokens)
         try:
-            reply, _, notes = self.caller.call(
-                "POST", self.url, headers=self.headers, payload=body
-            )
-            self.notes += notes
-            content = get_path(reply, "choices.0.message.content")
-        except (HttpCallError, KeyError) as error:
-            self.errors.append(self.caller.redact(f"{type(error).__name__}: {error}"))
+            return self.backend.complete(
+                messages, temperature=float(temperature), seed=int(seed)
+            ).text
+        except HttpCallError as error:
+            redacted = self.backend.caller.redact(f"{type(error).__name__}: {error}")
+            self.errors.append(redacted)
             return ""
-        return "" if content is None else str(content)
 
     def generate(
         self, prompts: Sequence[str], temperature: float, key: jax.Array
@@ -402,7 +388,7 @@ class OpenAIGenerator:
             )
 
     def close(self) -> None:
-        self.caller.close()
+        self.backend.close()
 
 
 # --- one round -----------------------------------------------------------------
