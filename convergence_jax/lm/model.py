@@ -216,16 +216,32 @@ class Transformer(nn.Module):
     ``output_hidden=True`` returns the final-normed hidden states ``[B, T, H]``
     instead of logits and builds no output head (a value model's trunk: its
     parameters are the policy's without ``lm_head``).
+
+    ``inputs_embeds [B, T, H]`` (with ``tokens=None``) feeds continuous vectors to
+    the blocks in place of the token embeddings (the embedding table is then not
+    used, and with ``output_hidden=True`` not even built): a Decision Transformer
+    embeds returns, states and actions itself (``convergence_jax.offline.dt``).
     """
 
     config: LMConfig
     output_hidden: bool = False
 
     @nn.compact
-    def __call__(self, tokens, attention_mask=None, positions=None, cache=None):
+    def __call__(
+        self,
+        tokens,
+        attention_mask=None,
+        positions=None,
+        cache=None,
+        inputs_embeds=None,
+    ):
         c = self.config
+        if (tokens is None) == (inputs_embeds is None):
+            raise ValueError("Transformer: pass exactly one of tokens, inputs_embeds")
+        length = tokens.shape[1] if inputs_embeds is None else inputs_embeds.shape[1]
         if attention_mask is None:
-            attention_mask = jnp.ones(tokens.shape, jnp.int32)
+            shape = tokens.shape if inputs_embeds is None else inputs_embeds.shape[:2]
+            attention_mask = jnp.ones(shape, jnp.int32)
         attention_mask = attention_mask.astype(jnp.int32)
         if cache is None:
             key_valid, index, layer_kv = attention_mask, jnp.zeros((), jnp.int32), None
@@ -247,7 +263,10 @@ class Transformer(nn.Module):
             embedding_init=nn.initializers.normal(0.02),
             name="embed",
         )
-        x = embed(tokens)
+        if inputs_embeds is None:
+            x = embed(tokens)
+        else:
+            x = inputs_embeds.astype(c.compute_dtype)
         blocks = nn.scan(
             Block,
             variable_axes={"params": 0},
@@ -259,7 +278,7 @@ class Transformer(nn.Module):
         x = RMSNorm(c.rms_norm_eps, c.params_dtype, name="final_norm")(x)
         if cache is not None:
             cache = KVCache(
-                k=new_kv[0], v=new_kv[1], mask=key_valid, index=index + tokens.shape[1]
+                k=new_kv[0], v=new_kv[1], mask=key_valid, index=index + length
             )
         if self.output_hidden:
             return x.astype(jnp.float32), cache

@@ -149,3 +149,22 @@ def test_gradients_flow_through_every_parameter(params):
         for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True)
     )
     assert float(analytic) == pytest.approx(float(numeric), rel=2e-2)
+
+
+def test_inputs_embeds_equal_the_token_path(params):
+    """``inputs_embeds`` (a Decision Transformer's continuous inputs) replace the
+    embedding lookup and nothing else."""
+    tokens, mask = lm.pad_batch(
+        [random_tokens(7, 4).tolist(), random_tokens(8, 6).tolist()], pad_id=0
+    )
+    want, _ = lm.forward(params, CONFIG, tokens, mask)
+    embeds = params["embed"]["embedding"][np.asarray(tokens)]
+    got, _ = lm.Transformer(CONFIG).apply(
+        {"params": params}, None, mask, inputs_embeds=embeds
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    trunk = lm.Transformer(CONFIG, output_hidden=True)
+    trunk_params = trunk.init(jax.random.key(0), None, inputs_embeds=embeds)["params"]
+    assert "embed" not in trunk_params and "lm_head" not in trunk_params
+    with pytest.raises(ValueError, match="exactly one of tokens, inputs_embeds"):
+        trunk.apply({"params": trunk_params}, tokens, inputs_embeds=embeds)
