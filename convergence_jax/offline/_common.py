@@ -57,6 +57,7 @@ import difflib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,7 @@ __all__ = [
     "DataParallel",
     "ObsNorm",
     "adam_step",
+    "bellman_target",
     "check_config",
     "check_data",
     "check_numbers",
@@ -90,6 +92,7 @@ __all__ = [
     "prepare_batch",
     "sample_batch",
     "soft_update",
+    "twin_critic_loss",
 ]
 
 AXIS = "devices"
@@ -366,6 +369,28 @@ def prepare_batch(batch: Transitions, obs_norm: ObsNorm, spec: ActionSpec):
         actions=spec.to_unit(batch.actions),
         rewards=batch.rewards.astype(jnp.float32),
     )
+
+
+# ------------------------------------------------------------------ losses
+
+
+def bellman_target(rewards, terminals, next_values, gamma):
+    """``y = r + gamma (1 - terminal) V(s')`` over ``[B]``, without gradient.
+
+    Timeouts are not terminals: a transition cut by a time limit bootstraps from
+    ``V(s')`` (Pardo et al. 2018).
+    """
+    chex.assert_rank([rewards, terminals, next_values], 1)
+    chex.assert_equal_shape([rewards, terminals, next_values])
+    target = rewards + gamma * (1.0 - terminals.astype(rewards.dtype)) * next_values
+    return jax.lax.stop_gradient(target)
+
+
+def twin_critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
+    """``sum_j mean_i (Q_j(s_i, a_i) - y_i)^2`` for ``q [2, B]``, ``target [B]``."""
+    chex.assert_rank([q, target], [2, 1])
+    chex.assert_equal_shape_suffix([q, target], 1)
+    return jnp.sum(jnp.mean(jnp.square(q - target), -1))
 
 
 # ------------------------------------------------------------------ parallel
