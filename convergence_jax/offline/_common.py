@@ -409,7 +409,8 @@ class DataParallel(NamedTuple):
 
     def value_and_grad(self, fn: Callable, has_aux: bool = False):
         """``jax.value_and_grad(fn)`` w.r.t. the first argument, averaged over
-        devices: the gradient of the global-minibatch mean loss.
+        devices: the gradient of the global-minibatch mean loss. The loss comes
+        back averaged too; ``aux`` (with ``has_aux``) stays this device's.
 
         Inside ``shard_map`` the replicated parameters are device-invariant, and
         the gradient w.r.t. an invariant input comes back already summed over
@@ -422,7 +423,11 @@ class DataParallel(NamedTuple):
             if self.sharded:
                 params = jax.lax.pcast(params, AXIS, to="varying")
             value, grads = grad_fn(params, *args, **kwargs)
-            return self.pmean(value), self.pmean(grads)
+            if has_aux:  # aux stays local (it may hold per-example arrays)
+                value = (self.pmean(value[0]), value[1])
+            else:
+                value = self.pmean(value)
+            return value, self.pmean(grads)
 
         return wrapped
 

@@ -21,6 +21,7 @@ __all__ = [
     "LogitsNet",
     "TanhGaussianActor",
     "TwinCritic",
+    "TwinLogitsNet",
     "ValueNet",
     "tanh_gaussian_log_prob",
 ]
@@ -165,3 +166,20 @@ class GaussianActor(nn.Module):
 
     def mode(self, obs):
         return self(obs)[0]
+
+
+class TwinLogitsNet(nn.Module):
+    """Two independent discrete Q networks: ``obs -> [2, ..., num_actions]``."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        return jnp.stack(
+            [
+                LogitsNet(self.num_actions, self.hidden_sizes, self.activation)(obs)
+                for _ in range(2)
+            ]
+        )

@@ -43,6 +43,23 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+def _register_own() -> None:
+    # Imported here so that this module stays importable while algorithm
+    # modules are added one by one.
+    from convergence_jax.offline.cql import CQLConfig, CQLHParams, make_cql
+    from convergence_jax.offline.iql import IQLConfig, IQLHParams, make_iql
+    from convergence_jax.offline.td3bc import TD3BCConfig, TD3BCHParams, make_td3bc
+
+    ALGORITHMS["td3bc"] = Algorithm(
+        TD3BCConfig, TD3BCHParams, make_td3bc, discrete=False
+    )
+    ALGORITHMS["cql"] = Algorithm(CQLConfig, CQLHParams, make_cql)
+    ALGORITHMS["iql"] = Algorithm(IQLConfig, IQLHParams, make_iql)
+
+
+_register_own()
+
+
 def get_algorithm(name: str) -> Algorithm:
     """The registry entry of ``name``; a clear error (with a suggestion) if none."""
     if name not in ALGORITHMS:
