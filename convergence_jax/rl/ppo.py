@@ -113,6 +113,10 @@ class PPOConfig:
     """Rewards are multiplied by this for learning (returns are logged unscaled)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnax.make."""
+    env_wrapper: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    """Optional ``f(env, env_params) -> (env, env_params)`` applied to the gymnax
+    environment before flattening and logging, e.g.
+    ``sim2real.domain_randomization(ranges)``; its params go to reset and step."""
 
     @property
     def batch_size(self) -> int:
@@ -216,6 +220,8 @@ def _make_env(config: PPOConfig):
             f"known: {', '.join(gymnax.registered_envs)}"
         )
     env, env_params = gymnax.make(config.env_id, **config.env_kwargs)
+    if config.env_wrapper is not None:
+        env, env_params = config.env_wrapper(env, env_params)
     if len(env.observation_space(env_params).shape) > 1:
         env = FlattenObservationWrapper(env)
     return LogWrapper(env), env_params
