@@ -313,20 +313,20 @@ def hparams_from_config(cls, config):
     )
 
 
-def hparam_grid(cls, config, **values) -> Any:
-    """``cls`` (an HParams struct) batched over the listed values (zip, not
-    product); the other fields take the config's numbers."""
-    unknown = set(values) - set(cls.__dataclass_fields__)
+def hparam_grid(base, **values) -> Any:
+    """``base`` (an HParams, e.g. ``program.default_hparams``) batched over the
+    listed values (zip, not product): ``hparam_grid(cql.default_hparams,
+    cql_weight=[1.0, 5.0])`` has leaves of shape [2]; vmap ``train`` over it."""
+    fields = type(base).__dataclass_fields__
+    unknown = set(values) - set(fields)
     if unknown:
         raise ValueError(
-            f"hparam_grid: unknown fields {sorted(unknown)}; known: "
-            f"{sorted(cls.__dataclass_fields__)}"
+            f"hparam_grid: unknown fields {sorted(unknown)}; known: {sorted(fields)}"
         )
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
         raise ValueError(f"hparam_grid: values must have equal lengths, got {values}")
     n = lengths.pop() if lengths else 1
-    base = hparams_from_config(cls, config)
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,)), base).replace(
         **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
     )

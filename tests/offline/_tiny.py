@@ -48,7 +48,8 @@ def check_program(make, config_cls, grid_cls, discrete: bool, **grid_values):
     keys = jnp.stack([seeds[0], seeds[1], seeds[0]])
     values = {k: [v[0], v[0], v[1]] for k, v in grid_values.items()}
     data = transitions(discrete)
-    grid = hparam_grid(grid_cls, program.config, **values)
+    grid = hparam_grid(program.default_hparams, **values)
+    assert isinstance(grid, grid_cls)
     states, metrics = train(keys, data, grid)
     for name, value in metrics.items():
         assert value.shape == (3, config.num_steps), name

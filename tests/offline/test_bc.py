@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convergence_jax.offline import bc, registry
-from convergence_jax.offline._common import ActionSpec, check_data
+from convergence_jax.offline import bc, iql, registry
+from convergence_jax.offline._common import ActionSpec, check_data, hparam_grid
 from tests.offline import _tiny
 
 
@@ -102,3 +102,17 @@ def test_registry_knows_every_algorithm_and_rejects_unknown_ones():
     assert program.config.num_steps == 2
     for name, algo in registry.ALGORITHMS.items():
         assert algo.config().num_steps >= 1, name
+
+
+def test_hparam_grid():
+    program = bc.make_bc(bc.BCConfig(), _tiny.OBS_DIM, _tiny.DISCRETE)
+    grid = hparam_grid(program.default_hparams, learning_rate=[1e-4, 1e-3])
+    np.testing.assert_allclose(grid.learning_rate, [1e-4, 1e-3])
+    with pytest.raises(ValueError, match="unknown fields \\['lr'\\]"):
+        hparam_grid(program.default_hparams, lr=[1e-4])
+    with pytest.raises(ValueError, match="equal lengths"):
+        hparam_grid(
+            iql.make_iql(iql.IQLConfig(), 3, _tiny.DISCRETE).default_hparams,
+            beta=[1.0],
+            expectile=[0.5, 0.7],
+        )
