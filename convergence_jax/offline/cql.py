@@ -404,18 +404,23 @@ def make_cql(config: CQLConfig, obs_dim: int, action_spec: ActionSpec) -> CQL:
         if config.backup_entropy:
             next_q = next_q - jnp.exp(state.log_alpha) * next_log_prob[:, 0]
         target = bellman_target(batch.rewards, batch.terminals, next_q, hparams.gamma)
-        q_data = critic.apply(critic_params, obs, batch.actions)  # [2, B]
-        td = twin_critic_loss(q_data, target)
-        # CQL: N uniform, N pi(s) and N pi(s') actions, all evaluated at s.
+        # CQL: N uniform, N pi(s) and N pi(s') actions, all evaluated at s; one
+        # critic call on [B, 1 + 3N] actions (the data action first).
         random_actions = jax.vmap(
             lambda k: jax.random.uniform(k, (n, dim), minval=-1.0, maxval=1.0)
         )(k_rand)
         cur_actions, cur_log_prob = sample(state.actor, obs, k_cur, n)
         nxt_actions, nxt_log_prob = sample(state.actor, next_obs, k_cur_next, n)
-        obs_rep = jnp.broadcast_to(obs[:, None], (obs.shape[0], n, obs.shape[1]))
-        q_rand = critic.apply(critic_params, obs_rep, random_actions)  # [2, B, N]
-        q_cur = critic.apply(critic_params, obs_rep, cur_actions)
-        q_nxt = critic.apply(critic_params, obs_rep, nxt_actions)
+        all_actions = jnp.concatenate(
+            [batch.actions[:, None], random_actions, cur_actions, nxt_actions], 1
+        )
+        obs_rep = jnp.broadcast_to(
+            obs[:, None], (obs.shape[0], 1 + 3 * n, obs.shape[1])
+        )
+        q_all = critic.apply(critic_params, obs_rep, all_actions)  # [2, B, 1 + 3N]
+        q_data = q_all[:, :, 0]
+        q_rand, q_cur, q_nxt = jnp.split(q_all[:, :, 1:], 3, axis=2)
+        td = twin_critic_loss(q_data, target)
         gaps = [
             cql_continuous_gap(
                 q_data[j],
