@@ -275,7 +275,8 @@ def build(
     aux_names: tuple[str, ...],
     default_hparams,
 ):
-    """``(init, update, run, to_env_action)`` of an off-policy program.
+    """``(init, update, run, to_env_action, learn_batch)`` of an off-policy
+    program.
 
     ``init_params(key, obs, action, hparams) -> (params, target_params,
     opt_state)`` for one unbatched example ``obs``, ``action``.
@@ -390,7 +391,7 @@ def build(
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         return jax.tree.map(flat, batch), flat(noise_keys)
 
-    def learn(state: OffPolicyTrainState, keys, buffer, hparams):
+    def learn(state: OffPolicyTrainState, keys, buffer, hparams, num_steps=None):
         def gradient_step(carry, _):
             params, target_params, opt_state, grad_step, keys = carry
             keys, k_sample = split_keys(keys, 2)
@@ -414,7 +415,8 @@ def build(
             state.grad_step,
             keys,
         )
-        carry, aux = jax.lax.scan(gradient_step, carry, None, config.gradient_steps)
+        num_steps = config.gradient_steps if num_steps is None else num_steps
+        carry, aux = jax.lax.scan(gradient_step, carry, None, num_steps)
         return carry, jax.tree.map(jnp.mean, aux)
 
     def update_local(state: OffPolicyTrainState, hparams):
@@ -464,6 +466,95 @@ def build(
             grad_step=grad_step,
         )
         return new_state, metrics
+
+    def learn_batch_local(state: OffPolicyTrainState, batch: dict, hparams):
+        """``learn_batch`` on this device's environments."""
+        unit = batch["action"].reshape(batch["reward"].shape + (action_dim,)) - low
+        unit = jnp.clip(unit / (high - low) * 2.0 - 1.0, -1.0, 1.0)
+        steps = {
+            "obs": batch["obs"].reshape(batch["reward"].shape + (-1,)),
+            "action": unit,
+            "reward": batch["reward"],
+            "next_obs": batch["final_obs"].reshape(batch["reward"].shape + (-1,)),
+            "terminated": batch["terminated"],
+        }
+        steps = jax.tree.map(lambda x: x.astype(jnp.float32), steps)
+        steps["terminated"] = batch["terminated"].astype(bool)
+        buffer = jax.lax.scan(
+            lambda buf, step: (buffer_add(buf, step), None), state.buffer, steps
+        )[0]
+        num_steps = batch["reward"].shape[0]
+        gradient_steps = max(
+            1, num_steps * config.gradient_steps // config.rollout_steps
+        )
+        can_learn = dp.psum(buffer.size) >= hparams.learning_starts
+
+        def do_learn(_):
+            return learn(state, state.keys, buffer, hparams, gradient_steps)
+
+        def skip(_):
+            carry = (
+                state.params,
+                state.target_params,
+                state.opt_state,
+                state.grad_step,
+                state.keys,
+            )
+            return carry, {name: jnp.float32(0.0) for name in aux_names}
+
+        carry, aux = jax.lax.cond(can_learn, do_learn, skip, None)
+        params, target_params, opt_state, grad_step, keys = carry
+        new_state = state.replace(
+            params=params,
+            target_params=target_params,
+            opt_state=opt_state,
+            buffer=buffer,
+            keys=keys,
+            grad_step=grad_step,
+        )
+        return new_state, {"learning": can_learn, **aux}
+
+    def learn_batch(state: OffPolicyTrainState, batch: dict, hparams=None):
+        """Add an outside window of experience to the buffer, then learn.
+
+        ``batch`` leaves are ``[T, num_envs, ...]``: ``obs``, ``action``
+        (environment actions, in the box), ``reward``, ``terminated`` and
+        ``final_obs`` (the observation each step led to, before any reset; a
+        truncated step bootstraps from it). All T steps are added, then, once
+        the buffer holds ``learning_starts`` transitions,
+        ``T * gradient_steps // rollout_steps`` gradient steps are taken (the
+        update's ratio). The environments in ``state`` are not stepped. Data
+        parallel like ``update``.
+        """
+        hparams = default_hparams if hparams is None else hparams
+        required = ("obs", "action", "reward", "terminated", "final_obs")
+        missing = [name for name in required if name not in batch]
+        if missing:
+            raise ValueError(
+                f"learn_batch: batch lacks {', '.join(missing)} (expected "
+                f"{', '.join(required)})"
+            )
+        shape = tuple(jnp.shape(batch["reward"]))
+        if len(shape) != 2 or shape[1] != config.num_envs:
+            raise ValueError(
+                "learn_batch: expected rewards of shape [T, num_envs = "
+                f"{config.num_envs}], got {list(shape)}"
+            )
+        for name in required:
+            if tuple(jnp.shape(batch[name])[:2]) != shape:
+                raise ValueError(
+                    f"learn_batch: batch[{name!r}] must start with [T, num_envs] = "
+                    f"{list(shape)}, got {list(jnp.shape(batch[name]))}"
+                )
+        batch = {name: jnp.asarray(batch[name]) for name in required}
+        if not sharded:
+            return learn_batch_local(state, batch, hparams)
+        return jax.shard_map(
+            learn_batch_local,
+            mesh=mesh,
+            in_specs=(state_specs, {name: P(None, AXIS) for name in batch}, P()),
+            out_specs=(state_specs, P()),
+        )(state, batch, hparams)
 
     if sharded:
         mesh = jax.make_mesh(
@@ -515,4 +606,4 @@ def build(
 
         return jax.lax.scan(body, state, None, num_updates)
 
-    return init, update, run, to_env_action
+    return init, update, run, to_env_action, learn_batch

@@ -159,6 +159,11 @@ class SAC(NamedTuple):
     ``deterministic=True``), mapped into the action box."""
     to_env_action: Callable[[jax.Array], jax.Array]
     """Unit-box actions [-1, 1]^d -> the environment's box."""
+    learn_batch: Callable[..., tuple[OffPolicyTrainState, dict]]
+    """``learn_batch(state, batch, hparams=None) -> (state, metrics)``: add an
+    outside window ``[T, num_envs]`` of ``obs``, ``action`` (environment
+    actions), ``reward``, ``terminated``, ``final_obs`` to the buffer, then take
+    gradient steps (the loop's hook; see ``rl._offpolicy``)."""
 
 
 def _check(config: SACConfig) -> None:
@@ -268,7 +273,7 @@ def make_sac(config: SACConfig) -> SAC:
         }
         return new_params, new_target, new_opt, dp.pmean(aux)
 
-    init, update, run, to_env_action = _offpolicy.build(
+    init, update, run, to_env_action, learn_batch = _offpolicy.build(
         config,
         env=env,
         env_params=env_params,
@@ -310,6 +315,7 @@ def make_sac(config: SACConfig) -> SAC:
         run=run,
         policy=policy,
         to_env_action=to_env_action,
+        learn_batch=learn_batch,
     )
 
 

@@ -153,6 +153,11 @@ class TD3(NamedTuple):
     is there so SAC and TD3 policies are called alike)."""
     to_env_action: Callable[[jax.Array], jax.Array]
     """Unit-box actions [-1, 1]^d -> the environment's box."""
+    learn_batch: Callable[..., tuple[OffPolicyTrainState, dict]]
+    """``learn_batch(state, batch, hparams=None) -> (state, metrics)``: add an
+    outside window ``[T, num_envs]`` of ``obs``, ``action`` (environment
+    actions), ``reward``, ``terminated``, ``final_obs`` to the buffer, then take
+    gradient steps (the loop's hook; see ``rl._offpolicy``)."""
 
 
 def _check(config: TD3Config) -> None:
@@ -254,7 +259,7 @@ def make_td3(config: TD3Config) -> TD3:
         aux = {**critic_aux, "actor_loss": loss, "actor_updated": updated}
         return new_params, new_target, new_opt, dp.pmean(aux)
 
-    init, update, run, to_env_action = _offpolicy.build(
+    init, update, run, to_env_action, learn_batch = _offpolicy.build(
         config,
         env=env,
         env_params=env_params,
@@ -282,6 +287,7 @@ def make_td3(config: TD3Config) -> TD3:
         run=run,
         policy=policy,
         to_env_action=to_env_action,
+        learn_batch=learn_batch,
     )
 
 

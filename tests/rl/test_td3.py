@@ -128,3 +128,31 @@ def test_four_devices_equal_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name in ("critic_loss", "actor_loss", "q_mean"):
         np.testing.assert_allclose(m1[name], m4[name], rtol=1e-4, atol=1e-5)
+
+
+def test_learn_batch_adds_an_outside_window_then_learns():
+    config = TD3Config(**{**TINY, "learning_starts": 8})
+    td3 = make_td3(config)
+    state = jax.jit(td3.init)(jax.random.key(0))
+    k_obs, k_act, k_rew = jax.random.split(jax.random.key(1), 3)
+    shape = (6, config.num_envs)
+    batch = {
+        "obs": jax.random.normal(k_obs, shape + (3,)),
+        "action": jax.random.uniform(k_act, shape + (1,), minval=-2, maxval=2),
+        "reward": jax.random.normal(k_rew, shape),
+        "terminated": jnp.zeros(shape, bool),
+        "final_obs": jax.random.normal(k_obs, shape + (3,)) + 1,
+    }
+    new, metrics = jax.jit(td3.learn_batch)(state, batch)
+    assert int(new.buffer.size) == 12 and bool(metrics["learning"])
+    assert int(new.grad_step) == 6  # T * gradient_steps // rollout_steps
+    # stored in the unit box: Pendulum's [-2, 2] halved
+    np.testing.assert_allclose(
+        new.buffer.data["action"][:6], batch["action"] / 2, rtol=1e-5, atol=1e-6
+    )
+    w0, w1 = (jax.tree.leaves(s.params["critic"])[0] for s in (state, new))
+    assert not np.allclose(w0, w1)
+    with pytest.raises(ValueError, match="lacks final_obs"):
+        td3.learn_batch(state, {k: v for k, v in batch.items() if k != "final_obs"})
+    with pytest.raises(ValueError, match="num_envs"):
+        td3.learn_batch(state, {k: v[:, :1] for k, v in batch.items()})
