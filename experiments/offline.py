@@ -1,8 +1,7 @@
 """Offline RL on a gymnax environment: collect (or load) a dataset, train, evaluate.
 
     python experiments/offline.py --env CartPole-v1 --kind medium          # collect
-    python experiments/offline.py --load benchmarks/.data/offline_datasets/\
-        cartpole-medium-v0.hdf5                                 # D4RL HDF5 file
+    python experiments/offline.py --load DIR/cartpole-medium-v0.hdf5        # D4RL HDF5
     python experiments/offline.py --load path/to/minari/<dataset_id>        # Minari dir
     python experiments/offline.py --kind medium-replay --algo bc --num-seeds 4
     python experiments/offline.py --help                                    # every flag
