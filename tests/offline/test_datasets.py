@@ -15,7 +15,6 @@ from convergence_jax.offline.datasets import (
     load_d4rl_hdf5,
     load_minari,
     make_dataset,
-    rollout_transitions,
     save_d4rl_hdf5,
     save_minari,
 )
@@ -131,15 +130,20 @@ def test_deterministic_given_the_key(cartpole):
     )
 
 
-def test_pendulum_continuous_with_timeouts():
+@pytest.fixture(scope="module")
+def pendulum():
     # Two chunks of 16 updates: even the first checkpoint's replay holds
     # 16 x 32 = 512 steps of each environment, two whole 200-step episodes.
     config = tiny(
         "Pendulum-v1", num_transitions=1600, total_timesteps=4096, eval_every=16
     )
-    ds = collect_datasets(
+    return collect_datasets(
         jax.random.key(2), "Pendulum-v1", ("random", "medium-replay"), config
     )
+
+
+def test_pendulum_continuous_with_timeouts(pendulum):
+    ds = pendulum
     for d in ds.values():
         data = d.transitions
         assert data.actions.shape == (data.size, 1)
@@ -178,16 +182,9 @@ def test_minari_round_trip(cartpole, tmp_path):
     save_minari(cartpole["medium-replay"], tmp_path, overwrite=True)
 
 
-def test_minari_continuous_round_trip(tmp_path):
+def test_minari_continuous_round_trip(pendulum, tmp_path):
     pytest.importorskip("minari")
-    data = rollout_transitions(
-        jax.random.key(3),
-        "Pendulum-v1",
-        lambda obs, k: jax.random.uniform(k, (obs.shape[0], 1), minval=-2, maxval=2),
-        400,
-        num_envs=2,
-    )
-    ds = make_dataset(data, "Pendulum-v1", "random", -1200.0, -150.0)
+    ds = pendulum["medium-replay"]
     back = load_minari(save_minari(ds, tmp_path))
     assert_same(back.transitions, ds.transitions)
     assert back.normalized_score == pytest.approx(ds.normalized_score)
