@@ -125,6 +125,7 @@ def _weights(n: int, mask: Any) -> jax.Array:
     return w / jnp.maximum(w.sum(), 1e-12)
 
 
+@jax.jit
 def mmd2(
     x: jax.Array,
     y: jax.Array,
@@ -166,6 +167,7 @@ def mmd2(
     return jnp.maximum(kxx + kyy - 2.0 * kxy, 0.0)
 
 
+@jax.jit
 def wasserstein_1d(
     x: jax.Array,
     y: jax.Array,
@@ -188,6 +190,7 @@ def wasserstein_1d(
     return jnp.sum(jnp.abs(cdf_x - cdf_y)[:-1] * jnp.diff(values))
 
 
+@jax.jit
 def wasserstein_per_dim(
     x: jax.Array,
     y: jax.Array,

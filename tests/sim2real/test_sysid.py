@@ -105,7 +105,7 @@ def test_evolution_recovers_known_parameters():
         ranges,
         nominal,
         *log,
-        num_generations=30,
+        num_generations=20,
         population_size=32,
     )
     np.testing.assert_allclose(result.values, [0.8, 0.25], rtol=0.05)
