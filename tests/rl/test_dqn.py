@@ -169,17 +169,44 @@ def test_runs_under_jit_and_vmaps_over_keys_and_hparams_without_recompiling():
     assert jax.tree.leaves(state2.buffer.data)[0].shape[:3] == (2, 16, 4)
 
 
-def test_learning_only_from_the_buffer_moves_the_parameters_and_the_target():
-    config = DQNConfig(**TINY, tau=0.5, target_update_period=8)
+def test_run_fills_the_buffer_learns_moves_the_target_and_acts():
+    """Two updates of 60 steps of 4 envs: the first uniform (learning_starts), the
+    second learns. CartPole ends episodes within ~60 uniform steps, so the buffer
+    holds episode ends: the stored next_obs of an ending step is the state it
+    reached, not the reset observation the environment continues from."""
+    config = DQNConfig(
+        **{
+            **TINY,
+            "total_timesteps": 480,
+            "rollout_steps": 60,
+            "buffer_size": 480,
+            "learning_starts": 300,
+        },
+        tau=0.5,
+        target_update_period=8,
+    )
     dqn = make_dqn(config)
     state0 = dqn.init(jax.random.key(1))
-    state, _ = jax.jit(dqn.run)(state0)
+    state, metrics = jax.jit(dqn.run)(state0)
+    np.testing.assert_array_equal(metrics["learning"], [False, True])
+    np.testing.assert_array_equal(metrics["epsilon"], [1.0, 1.0])
+    assert int(state.buffer.rows_filled) == 120
     p0, p1, t1 = (
         jax.tree.leaves(x)[0]
         for x in (state0.params, state.params, state.target_params)
     )
     assert not np.allclose(p0, p1)  # learned
-    assert not np.allclose(t1, p0) and not np.allclose(t1, p1)  # Polyak, between
+    # Polyak with tau 0.5 twice: the target is p0 after the first update (nothing
+    # learned yet), then halfway between p0 and the new parameters.
+    np.testing.assert_allclose(t1, 0.5 * (p0 + p1), rtol=1e-5, atol=1e-7)
+    data = jax.device_get(state.buffer.data)
+    ended = np.argwhere(data["terminated"][:-1])
+    assert len(ended) > 0
+    for t, e in ended:
+        assert not np.allclose(data["next_obs"][t, e], data["obs"][t + 1, e])
+    alive = np.argwhere(~data["terminated"][:-1] & ~data["truncated"][:-1])
+    for t, e in alive[:20]:
+        np.testing.assert_array_equal(data["next_obs"][t, e], data["obs"][t + 1, e])
     # The policy is greedy by default and epsilon-greedy on request.
     obs = jnp.asarray(state.obs)
     greedy = dqn.policy(state.params, obs, jax.random.key(0))
@@ -188,33 +215,6 @@ def test_learning_only_from_the_buffer_moves_the_parameters_and_the_target():
     )
     random = dqn.policy(state.params, jnp.tile(obs, (50, 1)), jax.random.key(0), 1.0)
     assert set(np.asarray(random).tolist()) == {0, 1}
-
-
-def test_transitions_store_the_final_observation_not_the_reset_one():
-    """Episodes end (CartPole terminates under uniform actions within ~50 steps);
-    the stored next_obs of an ending step is the state it reached, which differs
-    from the reset observation the environment continues from."""
-    config = DQNConfig(
-        **{
-            **TINY,
-            "total_timesteps": 4 * 120,
-            "buffer_size": 4 * 120,
-            "learning_starts": 4 * 119,
-            "rollout_steps": 120,
-        }
-    )
-    dqn = make_dqn(config)
-    state, _ = jax.jit(dqn.update)(dqn.init(jax.random.key(2)), dqn.default_hparams)
-    data = jax.device_get(state.buffer.data)
-    ended = np.argwhere(data["terminated"])
-    assert len(ended) > 0
-    for t, e in ended:
-        if t + 1 < data["obs"].shape[0]:
-            assert not np.allclose(data["next_obs"][t, e], data["obs"][t + 1, e])
-    # Inside an episode next_obs is the following obs.
-    alive = np.argwhere(~data["terminated"][:-1] & ~data["truncated"][:-1])
-    t, e = alive[0]
-    np.testing.assert_array_equal(data["next_obs"][t, e], data["obs"][t + 1, e])
 
 
 def test_four_devices_equal_one_device():
