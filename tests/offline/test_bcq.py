@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convergence_jax.offline import bcq
-from tests.offline import _tiny
+from tests.offline import _devices, _tiny
 
 SMALL = dict(vae_hidden_sizes=(16,), num_action_samples=8, num_target_samples=4)
 
@@ -85,21 +85,12 @@ def test_program_jit_vmap_no_recompile(discrete):
 
 
 def test_four_devices_equal_one_device():
-    # continuous BCQ (the discrete program shares _common's data-parallel update)
-    discrete = False
-    assert jax.device_count() >= 4, "conftest forces 4 host devices"
-    data = _tiny.transitions(discrete)
-    runs = {}
-    for devices in (1, 4):
+    # continuous (the discrete program shares _common's data-parallel update)
+    def make(devices):
         config = bcq.BCQConfig(**_tiny.TINY, **SMALL, num_devices=devices)
-        program = bcq.make_bcq(config, _tiny.OBS_DIM, _tiny.spec(discrete))
-        runs[devices] = jax.jit(program.train)(jax.random.key(3), data)
-    (s1, m1), (s4, m4) = runs[1], runs[4]
-    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s4), strict=True):
-        if jnp.issubdtype(a.dtype, jnp.floating):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    for name in m1:
-        np.testing.assert_allclose(m1[name], m4[name], rtol=1e-4, atol=1e-6)
+        return bcq.make_bcq(config, _tiny.OBS_DIM, _tiny.CONTINUOUS)
+
+    _devices.assert_updates_match(make, _tiny.transitions(False))
 
 
 def test_discrete_policy_stays_on_the_data_where_greedy_q_leaves_it():
