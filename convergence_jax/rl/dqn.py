@@ -49,6 +49,7 @@ from flax import struct
 from gymnax.environments import spaces as gym_spaces
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.rl import _offpolicy
 from convergence_jax.rl import ppo as _ppo
 from convergence_jax.rl.buffer import (
     ReplayBuffer,
@@ -70,7 +71,9 @@ __all__ = [
     "DQNHParams",
     "DQNTrainState",
     "QNetwork",
+    "dqn_hparam_grid",
     "make_dqn",
+    "make_dqn_train",
     "make_train",
 ]
 
@@ -717,3 +720,18 @@ def make_train(config: DQNConfig, callback: Callable[[dict], None] | None = None
         return dqn.run(state, hparams, config.num_updates, callback)
 
     return train
+
+
+make_dqn_train = make_train
+"""``make_train`` under the name ``convergence_jax.rl`` exports (its ``make_train``
+is PPO's)."""
+
+
+def dqn_hparam_grid(config: DQNConfig, **values: Sequence[float]) -> DQNHParams:
+    """``DQNHParams`` batched over the listed values (others from ``config``).
+
+    ``dqn_hparam_grid(config, learning_rate=[1e-4, 1e-3])`` has leaves of shape
+    [2]; several fields must have equal lengths (zip, not product).
+    """
+    base = DQNHParams.from_config(config)
+    return _offpolicy.hparam_grid(base, "dqn_hparam_grid", **values)

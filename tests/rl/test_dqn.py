@@ -10,7 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convergence_jax.rl.dqn import DQNConfig, DQNHParams, make_dqn, make_train
+from convergence_jax.rl.dqn import (
+    DQNConfig,
+    DQNHParams,
+    dqn_hparam_grid,
+    make_dqn,
+    make_train,
+)
 from convergence_jax.rl.value_losses import (
     double_q_value,
     n_step_return,
@@ -140,8 +146,9 @@ def test_bad_config_fails_before_compiling(kwargs, match):
 def test_runs_under_jit_and_vmaps_over_keys_and_hparams_without_recompiling():
     config = DQNConfig(**TINY, n_step=3)
     train = jax.jit(jax.vmap(make_train(config)))
-    base = DQNHParams.from_config(config)
-    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (2,)), base)
+    batched = dqn_hparam_grid(config, gamma=[0.99, 0.99])
+    with pytest.raises(ValueError, match="unknown fields \\['lr'\\]"):
+        dqn_hparam_grid(config, lr=[1.0])
     keys = jax.random.split(jax.random.key(0), 2)
     state, metrics = train(keys, batched)
     assert metrics["loss"].shape == (2, config.num_updates)
