@@ -461,7 +461,7 @@ def make_dt(config: DTConfig, obs_dim: int, action_spec: ActionSpec) -> DT:
             lambda p, u: p - lr * (u + hparams.weight_decay * p), state.params, updates
         )
         state = state.replace(params=params, opt_state=opt_state)
-        return state, {"loss": loss / num_devices, "learning_rate": lr}
+        return state, {"loss": loss, "learning_rate": lr}
 
     def sample(key, seq_data, batch_size):
         return sample_windows(key, seq_data, batch_size, length)
