@@ -60,6 +60,17 @@ def _register_own() -> None:
 _register_own()
 
 
+def _register_bcq_bear() -> None:
+    from convergence_jax.offline.bcq import BCQConfig, BCQHParams, make_bcq
+    from convergence_jax.offline.bear import BEARConfig, BEARHParams, make_bear
+
+    ALGORITHMS["bcq"] = Algorithm(BCQConfig, BCQHParams, make_bcq)
+    ALGORITHMS["bear"] = Algorithm(BEARConfig, BEARHParams, make_bear, discrete=False)
+
+
+_register_bcq_bear()
+
+
 def get_algorithm(name: str) -> Algorithm:
     """The registry entry of ``name``; a clear error (with a suggestion) if none."""
     if name not in ALGORITHMS:
