@@ -343,7 +343,8 @@ class DT(NamedTuple):
     """``update(state, seq_data, hparams) -> (state, metrics)`` on a
     ``SequenceData`` (``sequence_data(data, spec)``)."""
     run: Callable
-    """``run(state, seq_data, hparams=None, num_steps=1) -> (state, metrics)``."""
+    """``run(state, data, hparams=None, num_steps=1) -> (state, metrics)`` on a
+    ``SequenceData`` or a ``Transitions`` (then converted first)."""
     start: Callable
     """``start(obs [B, d], target_return) -> DTContext``."""
     policy: Callable
@@ -467,7 +468,13 @@ def make_dt(config: DTConfig, obs_dim: int, action_spec: ActionSpec) -> DT:
         return sample_windows(key, seq_data, batch_size, length)
 
     update = _common.make_update(config, update_local, spec, sample=sample)
-    run = _common.make_run(update, default_hparams)
+    run_sequences = _common.make_run(update, default_hparams)
+
+    def run(state, data, hparams=None, num_steps: int = 1):
+        if isinstance(data, Transitions):
+            _common.check_shapes(data, obs_dim, spec, "dataset")
+            data = sequence_data(data, spec)
+        return run_sequences(state, data, hparams, num_steps)
 
     def train(key, data, hparams=None):
         _common.check_shapes(data, obs_dim, spec, "dataset")
