@@ -366,25 +366,6 @@ def main(args):
     result["versions"] = {name: w.info for name, w in workers.items()}
     tuned = Worker("ours", sys.executable, dict(config, **TUNED))
 
-    # Learning: one vmapped call over the seeds each.
-    learning = {}
-    # rejax's learning shows in its timed single runs (each evaluated, untimed).
-    for name, w in [("ours", workers["ours"]), ("ours_tuned", tuned)]:
-        compile_s = w.ask(op="compile", seeds=args.seeds)["seconds"]
-        out = w.ask(op="run", seed=0, seeds=args.seeds)
-        out["compile_seconds"] = compile_s
-        final = out["final_return"]
-        out["seeds_at_bar"] = sum(f >= BAR for f in final)
-        learning[name] = out
-        if name == "ours_tuned":
-            w.close()
-        print(f"{name}: {args.seeds} seeds, final returns {[round(f) for f in final]}"
-              f", {out['seconds']:.1f} s")  # fmt: skip
-    result["learning"] = learning
-    if not args.quick:  # partial results, in case the timed rounds are cut short
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-
     # Speed: single runs, alternated rounds after one untimed call each.
     compile_seconds = {}
     for name, w in workers.items():
@@ -414,6 +395,27 @@ def main(args):
         "ours_over_rejax": speedup(timing, "ours", "rejax"),
     }
     result["load_average_end"] = os.getloadavg()
+    if not args.quick:  # partial results, in case the learning runs are cut short
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
+
+    # Learning: one vmapped call over the seeds each.
+    learning = {}
+    # rejax's learning shows in its timed single runs (each evaluated, untimed).
+    for name, w in [("ours", workers["ours"]), ("ours_tuned", tuned)]:
+        compile_s = w.ask(op="compile", seeds=args.seeds)["seconds"]
+        out = w.ask(op="run", seed=0, seeds=args.seeds)
+        out["compile_seconds"] = compile_s
+        final = out["final_return"]
+        out["seeds_at_bar"] = sum(f >= BAR for f in final)
+        learning[name] = out
+        if name == "ours_tuned":
+            w.close()
+        print(f"{name}: {args.seeds} seeds, final returns {[round(f) for f in final]}"
+              f", {out['seconds']:.1f} s")  # fmt: skip
+    result["learning"] = learning
+
+    result["load_average_end"] = os.getloadavg()
     for w in workers.values():
         w.close()
     return result
@@ -421,9 +423,9 @@ def main(args):
 
 def markdown(result) -> str:
     c, m, v = result["config"], result["machine"], result["versions"]
-    lo, sg = result["learning"], result["single"]
+    lo, sg = result.get("learning"), result["single"]
     rates, ratio = sg["env_steps_per_second"], sg["ours_over_rejax"]
-    seeds = len(lo["ours"]["final_return"])
+    seeds = len(lo["ours"]["final_return"]) if lo else 0
     labels = {"ours": "convergence_jax.rl", "rejax": f"rejax {v['rejax']['rejax']}"}
     tuned = ", ".join(f"{k}={val}" for k, val in result["tuned"].items())
     labels["ours_tuned"] = f"convergence_jax.rl, {tuned} (tuned, not timed)"
@@ -457,6 +459,9 @@ def markdown(result) -> str:
         f"{result['load_average_start'][0]:.2f} / {result['load_average_end'][0]:.2f}"
         " (the machine was shared; each round's load is below).",
         "",
+    ]
+    learning, lines = lines, []
+    lines += [
         f"## Learning: {seeds} seeds vmapped in one call",
         "",
         f"Final return = mean return of {result['eval_episodes']} evaluation "
@@ -468,13 +473,13 @@ def markdown(result) -> str:
         + " | seeds >= bar | wall s (one call) |",
         "|---|" + "---:|" * (seeds + 2),
     ]
-    for name in ("ours", "ours_tuned"):
+    for name in ("ours", "ours_tuned") if lo else ():
         f = lo[name]
         lines.append(
             f"| {labels[name]} | {row(f['final_return'])} | "
             f"{f['seeds_at_bar']} / {seeds} | {f['seconds']:.1f} |"
         )
-    for name in ("ours", "ours_tuned"):
+    for name in ("ours", "ours_tuned") if lo else ():
         lines.append(
             f"| {labels[name]}: training episodes of the last {TAIL_STEPS:,} steps "
             f"(epsilon {c['eps_end']}) | {row(lo[name]['train_tail_return'])} | | |"
@@ -489,6 +494,13 @@ def markdown(result) -> str:
         f"Curves (ours, training returns per 2,500 steps, every seed, both "
         f"configurations): {NAME}.png.",
         "",
+    ]
+    if lo:
+        learning += lines
+    else:
+        learning += ["## Learning: not run (cut short)", ""]
+    lines = learning
+    lines += [
         "## Speed: one training run, steady state",
         "",
         f"{len(sg['timing']['rounds'])} alternated rounds after one untimed call "
@@ -580,7 +592,8 @@ if __name__ == "__main__":
     if args.markdown_from:
         result = json.loads(args.markdown_from.read_text())
         args.markdown_from.with_suffix(".md").write_text(markdown(result))
-        plot(result, args.markdown_from.with_suffix(".png"))
+        if "learning" in result:
+            plot(result, args.markdown_from.with_suffix(".png"))
         sys.exit(0)
     if args.quick:
         args.config = dict(CONFIG, total_timesteps=8_000, learning_starts=2_000)
