@@ -7,7 +7,7 @@ For each environment, one PPO run (``offline.datasets.PPO_PRESETS``) trains the
 behaviour policy; ``collect_datasets`` makes random, medium, medium-replay,
 expert and medium-expert from it (see ``convergence_jax/offline/datasets.py``).
 Each dataset is written twice under ``benchmarks/.data/offline_datasets/``
-(git-ignored: the files are tens of MB):
+(git-ignored: well over 10 MB at the default sizes):
 
     <env>-<kind>-v0.hdf5                  D4RL layout (offline.load_d4rl_hdf5)
     minari/convergence_jax/<env>/<kind>-v0/   Minari layout (offline.load_minari)
