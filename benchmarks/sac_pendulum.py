@@ -546,6 +546,11 @@ def parse(argv=None):
 
 
 def main(args):
+    def save():  # after every part, so a later failure loses nothing measured
+        if not args.quick:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
+
     result = {
         "machine": machine_info(),
         "load_average_start": list(os.getloadavg()),
@@ -554,6 +559,7 @@ def main(args):
     }
     if not args.skip_learning:
         result["learning"] = learning(args.config, args.seeds)
+        save()
     result["speed"] = {}
     if not args.skip_speed:
         speed_args = argparse.Namespace(**vars(args))
@@ -567,6 +573,7 @@ def main(args):
             result["speed"][algo] = speed(speed_args, algo)
             s = result["speed"][algo]
             print(algo, fmt_speedup(s["ours_vs_rejax"]), flush=True)
+            save()
     result["load_average_end"] = list(os.getloadavg())
     return result
 

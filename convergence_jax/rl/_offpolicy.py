@@ -282,9 +282,10 @@ def build(
     opt_state)`` for one unbatched example ``obs``, ``action``.
     ``explore(params, obs [o], key, hparams) -> unit action [d]`` (the behaviour
     policy once learning has started). ``learn_step(dp, params, target_params,
-    opt_state, grad_step, batch, keys, hparams) -> (params, target_params,
+    opt_state, grad_step, batch, normal, hparams) -> (params, target_params,
     opt_state, aux)``: one gradient step on this device's share of a minibatch
-    (``batch`` leaves ``[B_local, ...]``, ``keys [B_local]`` one per example);
+    (``batch`` leaves ``[B_local, ...]``; ``normal(salt, size) -> [B_local,
+    size]`` standard normal noise for the examples, a different draw per salt);
     ``aux`` holds the scalars ``aux_names``, averaged over devices.
     """
     sharded = config.num_devices > 1
@@ -377,25 +378,34 @@ def build(
 
     def sample(keys, buffer: ReplayBuffer):
         """``per_env_batch`` transitions of each local environment, each drawn
-        with that environment's key (and one noise key per example)."""
+        with that environment's key, and ``normal(salt, size) -> [B_local,
+        size]``: standard normal draws for the examples, each environment's
+        share from that environment's key (one draw per environment, not per
+        example: one random-bits call instead of ``B`` key splits)."""
 
         def one_env(key, column):
-            k_rows, k_noise = jax.random.split(key)
             rows = jax.random.randint(
-                k_rows, (per_env_batch,), 0, jnp.maximum(buffer.rows_filled, 1)
+                key, (per_env_batch,), 0, jnp.maximum(buffer.rows_filled, 1)
             )
-            batch = jax.tree.map(lambda x: x[rows], column)
-            return batch, jax.random.split(k_noise, per_env_batch)
+            return jax.tree.map(lambda x: x[rows], column)
 
-        batch, noise_keys = jax.vmap(one_env, in_axes=(0, 1))(keys, buffer.data)
+        k_rows, k_noise = split_keys(keys, 2)
+        batch = jax.vmap(one_env, in_axes=(0, 1))(k_rows, buffer.data)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-        return jax.tree.map(flat, batch), flat(noise_keys)
+
+        def normal(salt: int, size: int):
+            draw = lambda k: jax.random.normal(  # noqa: E731
+                jax.random.fold_in(k, salt), (per_env_batch, size)
+            )
+            return flat(jax.vmap(draw)(k_noise))
+
+        return jax.tree.map(flat, batch), normal
 
     def learn(state: OffPolicyTrainState, keys, buffer, hparams, num_steps=None):
         def gradient_step(carry, _):
             params, target_params, opt_state, grad_step, keys = carry
             keys, k_sample = split_keys(keys, 2)
-            batch, noise_keys = sample(k_sample, buffer)
+            batch, normal = sample(k_sample, buffer)
             params, target_params, opt_state, aux = learn_step(
                 dp,
                 params,
@@ -403,7 +413,7 @@ def build(
                 opt_state,
                 grad_step,
                 batch,
-                noise_keys,
+                normal,
                 hparams,
             )
             return (params, target_params, opt_state, grad_step + 1, keys), aux

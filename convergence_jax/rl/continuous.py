@@ -128,8 +128,10 @@ class TanhGaussianActor(nn.Module):
 
     ``__call__(obs) -> (mean, log_std)`` (log_std clipped to [LOG_STD_MIN,
     LOG_STD_MAX]); ``sample(obs, key) -> (action, log_prob, pre_tanh)`` with a
-    reparameterized sample (gradients flow through it); ``log_prob(obs, action)``
-    of actions in (-1, 1) (through ``atanh``); ``mode(obs) = tanh(mean)``.
+    reparameterized sample (gradients flow through it), or
+    ``sample_from_noise(obs, noise)`` with the standard normal draws given;
+    ``log_prob(obs, action)`` of actions in (-1, 1) (through ``atanh``);
+    ``mode(obs) = tanh(mean)``.
     """
 
     action_dim: int
@@ -143,8 +145,14 @@ class TanhGaussianActor(nn.Module):
         return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs, key):
+        return self.sample_from_noise(
+            obs, jax.random.normal(key, obs.shape[:-1] + (self.action_dim,))
+        )
+
+    def sample_from_noise(self, obs, noise):
+        """``sample`` with the standard normal draws given (``[..., d]``)."""
         mean, log_std = self(obs)
-        pre_tanh = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+        pre_tanh = mean + jnp.exp(log_std) * noise
         log_prob = tanh_gaussian_log_prob(mean, log_std, pre_tanh)
         return jnp.tanh(pre_tanh), log_prob, pre_tanh
 

@@ -205,16 +205,17 @@ def make_sac(config: SACConfig) -> SAC:
     def explore(params, obs, key, hparams):
         return actor.apply(params["actor"], obs, key, method="sample")[0]
 
-    def learn_step(dp, params, target_params, opt_state, grad_step, batch, keys, hp):
-        k_next = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-        k_pi = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    def learn_step(dp, params, target_params, opt_state, grad_step, batch, normal, hp):
         alpha = jnp.exp(params["log_alpha"])
         discount = hp.gamma * (1.0 - batch["terminated"].astype(jnp.float32))
 
         # Critics: soft target from the current actor and the target critics.
-        next_action, next_log_prob, _ = jax.vmap(
-            lambda o, k: actor.apply(params["actor"], o, k, method="sample")
-        )(batch["next_obs"], k_next)
+        next_action, next_log_prob, _ = actor.apply(
+            params["actor"],
+            batch["next_obs"],
+            normal(0, action_dim),
+            method="sample_from_noise",
+        )
         next_q = critic.apply(target_params["critic"], batch["next_obs"], next_action)
 
         def critic_loss(critic_params):
@@ -230,10 +231,12 @@ def make_sac(config: SACConfig) -> SAC:
         )
 
         # Actor: against the updated critics, reparameterized samples.
+        pi_noise = normal(1, action_dim)
+
         def actor_loss(actor_params):
-            action, log_prob, _ = jax.vmap(
-                lambda o, k: actor.apply(actor_params, o, k, method="sample")
-            )(batch["obs"], k_pi)
+            action, log_prob, _ = actor.apply(
+                actor_params, batch["obs"], pi_noise, method="sample_from_noise"
+            )
             q = critic.apply(critic_params, batch["obs"], action)
             loss = jax.vmap(sac_actor_loss, in_axes=(1, 0, None))(
                 q, log_prob, alpha

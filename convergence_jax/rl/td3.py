@@ -202,11 +202,9 @@ def make_td3(config: TD3Config) -> TD3:
         noise = hparams.exploration_noise * jax.random.normal(key, action.shape)
         return jnp.clip(action + noise, -1.0, 1.0)
 
-    def learn_step(dp, params, target_params, opt_state, grad_step, batch, keys, hp):
+    def learn_step(dp, params, target_params, opt_state, grad_step, batch, normal, hp):
         discount = hp.gamma * (1.0 - batch["terminated"].astype(jnp.float32))
-        noise = hp.target_noise * jax.vmap(
-            lambda k: jax.random.normal(k, (action_dim,))
-        )(keys)
+        noise = hp.target_noise * normal(0, action_dim)
         next_action = jax.vmap(td3_target_action, in_axes=(0, 0, None))(
             actor.apply(target_params["actor"], batch["next_obs"]),
             noise,
