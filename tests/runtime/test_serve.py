@@ -164,15 +164,18 @@ def test_cli_serve(tmp_path):
             except httpx.TransportError:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        choice = httpx.post(url + "/select", json={"bandit": "prompt"}, headers=AUTH)
+        # The first /select compiles the bandit: allow for a loaded machine.
+        client = httpx.Client(timeout=60)
+        choice = client.post(url + "/select", json={"bandit": "prompt"}, headers=AUTH)
         assert choice.json()["params"]["max_tokens"] in (128, 512)
         body = {"bandit": "prompt", "decision_id": choice.json()["decision_id"]}
-        r = httpx.post(url + "/update", json=body | {"reward": 11}, headers=AUTH)
+        r = client.post(url + "/update", json=body | {"reward": 11}, headers=AUTH)
         assert r.status_code == 422 and "outside [0.0, 10.0]" in r.text
-        r = httpx.post(url + "/update", json=body | {"reward": 7}, headers=AUTH)
+        r = client.post(url + "/update", json=body | {"reward": 7}, headers=AUTH)
         assert r.json()["applied"]
-        stats = httpx.get(url + "/stats", params={"bandit": "prompt"}).json()
+        stats = client.get(url + "/stats", params={"bandit": "prompt"}).json()
         assert stats["kind"] == "gaussian" and stats["updates"] == 1
+        client.close()
     finally:
         proc.terminate()
         proc.wait(10)
