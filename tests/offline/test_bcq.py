@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from convergence_jax.offline import bcq
+from convergence_jax.offline._common import hparam_grid
 from tests.offline import _devices, _tiny
 
 SMALL = dict(vae_hidden_sizes=(16,), num_action_samples=8, num_target_samples=4)
@@ -71,8 +72,9 @@ def test_discrete_mask_target_and_imitation_on_a_hand_fixture():
     )
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_program_jit_vmap_no_recompile(discrete):
+def test_program_jit_vmap_no_recompile():
+    # continuous (the discrete program: test_discrete_policy_stays_on_the_data)
+    discrete = False
     config = functools.partial(bcq.BCQConfig, **SMALL)
     _tiny.check_program(
         bcq.make_bcq,
@@ -97,23 +99,36 @@ def test_discrete_policy_stays_on_the_data_where_greedy_q_leaves_it():
     # behaviour: action 0 where obs[0] > 0, else 1; reward 1 for action 0. The
     # Q-network extrapolates "action 0 is good" to states where the data never
     # took it; the behaviour mask keeps BCQ's policy on the data's action there.
+    # One jit of a vmap over (seed, hparams) pairs, no recompile on new numbers.
     data = _tiny.transitions(True, n=256)
     data = data.replace(rewards=(data.actions == 0).astype(jnp.float32))
     config = bcq.BCQConfig(
         num_steps=300, batch_size=64, hidden_sizes=(16,), learning_rate=3e-3
     )
     program = bcq.make_bcq(config, _tiny.OBS_DIM, _tiny.DISCRETE)
-    state, metrics = jax.jit(program.train)(jax.random.key(0), data)
-    assert metrics["imitation_loss"][-1] < 0.5 * metrics["imitation_loss"][0]
+    train = jax.jit(jax.vmap(program.train, (0, None, 0)))
+    seeds = jax.random.split(jax.random.key(0), 2)
+    keys = jnp.stack([seeds[0], seeds[1], seeds[0]])
+    grid = hparam_grid(program.default_hparams, learning_rate=[3e-3, 3e-3, 2e-3])
+    states, metrics = train(keys, data, grid)
+    w = states.critic["params"]["LogitsNet_0"]["MLP_0"]["Dense_0"]["kernel"]
+    assert not np.allclose(w[0], w[1]) and not np.allclose(w[0], w[2])
     behaviour = np.asarray(data.actions)
-    actions = np.asarray(program.policy(state, data.observations))
     net = bcq.DiscreteBCQNet(2, (16,))
-    q, logits = net.apply(state.critic, state.obs_norm(data.observations))
-    greedy = np.asarray(q.argmax(-1))
-    assert np.mean(greedy[behaviour == 1] == 0) > 0.9  # unconstrained: off the data
-    assert np.mean(actions == behaviour) > 0.85  # BCQ: the data's action
-    allowed = np.asarray(jax.vmap(bcq.discrete_bcq_mask, (0, None))(logits, 0.3))
-    assert allowed[np.arange(len(actions)), actions].all()  # never a masked one
+    policy = jax.jit(program.policy)
+    for i in range(3):
+        state = jax.tree.map(lambda x, i=i: x[i], states)
+        loss = np.asarray(metrics["imitation_loss"][i])
+        assert loss[-10:].mean() < 0.5 * loss[:10].mean()
+        actions = np.asarray(policy(state, data.observations))
+        q, logits = net.apply(state.critic, state.obs_norm(data.observations))
+        greedy = np.asarray(q.argmax(-1))
+        assert np.mean(greedy[behaviour == 1] == 0) > 0.9  # unconstrained: off data
+        assert np.mean(actions == behaviour) > 0.85  # BCQ: the data's action
+        allowed = np.asarray(jax.vmap(bcq.discrete_bcq_mask, (0, None))(logits, 0.3))
+        assert allowed[np.arange(len(actions)), actions].all()  # never masked
+    train(keys, data, jax.tree.map(lambda x: x * 0.5, grid))
+    assert train._cache_size() == 1
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,13 @@
 multiplier's dual step and clamping, the warm-up, the compiled program (jit,
 vmap, no recompile, 4 devices == 1), bad input."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from convergence_jax.offline import bear
+from convergence_jax.offline._common import hparam_grid
 from tests.offline import _devices, _tiny
 
 SMALL = dict(vae_hidden_sizes=(16,), num_mmd_samples=3, num_target_samples=4)
@@ -71,44 +70,44 @@ def test_dual_step_raises_alpha_above_the_threshold_and_clamps():
     assert float(jax.grad(bear.bear_actor_loss, 2)(q, d, log_alpha, False)) == 0.0
 
 
-def test_program_warm_up_and_alpha_clamping():
+def test_program_warm_up_clamping_jit_vmap_no_recompile():
+    # one jit of a vmap over (seed, hparams) pairs: (seed 0, epsilon 0), (seed 1,
+    # epsilon 0), (seed 0, epsilon 100)
     data = _tiny.transitions(False)
     config = bear.BEARConfig(
         **{**_tiny.TINY, "num_steps": 8}, **SMALL, warmup_steps=4,
         alpha_learning_rate=3.0,
     )  # fmt: skip
     program = bear.make_bear(config, _tiny.OBS_DIM, _tiny.CONTINUOUS)
-    train = jax.jit(program.train)
-    hp = program.default_hparams
+    train = jax.jit(jax.vmap(program.train, (0, None, 0)))
+    seeds = jax.random.split(jax.random.key(0), 2)
+    keys = jnp.stack([seeds[0], seeds[1], seeds[0]])
+    grid = hparam_grid(program.default_hparams, alpha_threshold=[0.0, 0.0, 100.0])
+    states, m = train(keys, data, grid)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in m.values())
+    w = states.actor["params"]["MLP_0"]["Dense_0"]["kernel"]  # alpha moves it
+    assert not np.allclose(w[0], w[1]) and not np.allclose(w[0], w[2])
+    np.testing.assert_array_equal(m["warm"][0], [1, 1, 1, 1, 0, 0, 0, 0])
     # epsilon 0: the MMD is always above it, alpha climbs to the clamp e^10
-    state, m = train(jax.random.key(0), data, hp.replace(alpha_threshold=0.0))
-    np.testing.assert_array_equal(m["warm"], [1, 1, 1, 1, 0, 0, 0, 0])
-    assert np.all(np.diff(np.asarray(m["alpha"])) >= 0)
-    np.testing.assert_allclose(state.log_alpha, 10.0)
+    assert np.all(np.diff(np.asarray(m["alpha"][0])) >= 0)
+    np.testing.assert_allclose(states.log_alpha[:2], 10.0)
+    # epsilon far above the MMD: alpha falls to the clamp e^-5
+    np.testing.assert_allclose(states.log_alpha[2], -5.0)
     # while warm the actor loss is alpha (before the dual step) times the MMD
-    alpha_before = np.concatenate([[1.0], np.asarray(m["alpha"])[:-1]])
+    alpha, mmd = np.asarray(m["alpha"][0]), np.asarray(m["mmd"][0])
+    alpha_before = np.concatenate([[1.0], alpha[:-1]])
     np.testing.assert_allclose(
-        m["actor_loss"][:4], alpha_before[:4] * m["mmd"][:4], rtol=1e-4
+        m["actor_loss"][0, :4], alpha_before[:4] * mmd[:4], rtol=1e-4
     )
-    after = alpha_before[4:] * m["mmd"][4:] - m["q_policy"][4:]
-    np.testing.assert_allclose(m["actor_loss"][4:], after, rtol=1e-4, atol=1e-4)
-    # epsilon far above the MMD: alpha falls to the clamp e^-5 (same program)
-    state, m = train(jax.random.key(0), data, hp.replace(alpha_threshold=100.0))
-    np.testing.assert_allclose(state.log_alpha, -5.0)
+    after = alpha_before[4:] * mmd[4:] - np.asarray(m["q_policy"][0, 4:])
+    np.testing.assert_allclose(m["actor_loss"][0, 4:], after, rtol=1e-4, atol=1e-4)
+    # new numbers, a new dataset of the same shapes: no new compilation
+    train(keys, _tiny.transitions(False, seed=1), jax.tree.map(lambda x: x * 0.5, grid))
     assert train._cache_size() == 1
-
-
-def test_program_jit_vmap_no_recompile():
-    config = functools.partial(bear.BEARConfig, **SMALL)
-    _tiny.check_program(
-        bear.make_bear,
-        config,
-        bear.BEARHParams,
-        False,
-        learning_rate=[1e-3, 3e-3],
-        vae_learning_rate=[1e-3, 3e-3],
-        mmd_sigma=[10.0, 20.0],
+    actions = jax.jit(program.policy)(
+        jax.tree.map(lambda x: x[0], states), data.observations[:5], jax.random.key(2)
     )
+    assert actions.shape == (5, 1) and np.all(np.abs(np.asarray(actions)) <= 2.0)
 
 
 def test_four_devices_equal_one_device():
