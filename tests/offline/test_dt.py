@@ -99,11 +99,13 @@ def test_future_timesteps_do_not_change_earlier_predictions(continuous):
         )
     # a left-padded window predicts its real steps as the short one alone does
     short = {name: value[:, 2:] for name, value in window.items()}
-    alone = dt.make_dt(
-        dt.DTConfig(**{**TINY, "context_length": k - 2}),
-        _tiny.OBS_DIM,
-        _tiny.CONTINUOUS,
-    ).predict(state, short)
+    alone = jax.jit(
+        dt.make_dt(
+            dt.DTConfig(**{**TINY, "context_length": k - 2}),
+            _tiny.OBS_DIM,
+            _tiny.CONTINUOUS,
+        ).predict
+    )(state, short)
     padded = dict(window, mask=window["mask"].at[:, :2].set(0))
     padded = {
         n: (v.at[:, :2].set(0) if n not in ("mask",) else v) for n, v in padded.items()
