@@ -43,9 +43,9 @@ REJAX_PACKAGES = ["rejax==0.1.3", "gymnax==0.0.9"]  # + this jax, jaxlib and fla
 CONFIG = {
     "env_id": "Pendulum-v1",
     "num_envs": 1,
-    "total_timesteps": 20_000,
+    "total_timesteps": 12_000,
     "batch_size": 256,
-    "buffer_size": 20_000,
+    "buffer_size": 12_000,
     "hidden_sizes": [64, 64],
     "activation": "silu",
     "learning_rate": 1e-3,
@@ -532,7 +532,7 @@ def parse(argv=None):
     p.add_argument("--total-timesteps", type=int, default=CONFIG["total_timesteps"])
     p.add_argument("--seeds", type=int, default=4, help="vmapped seeds (learning)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (speed)")
-    p.add_argument("--speed-timesteps", type=int, default=6_000)
+    p.add_argument("--speed-timesteps", type=int, default=4_000)
     p.add_argument("--td3", action="store_true", help="also time TD3 vs rejax")
     p.add_argument("--skip-learning", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
