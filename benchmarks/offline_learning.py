@@ -120,11 +120,15 @@ def train_and_evaluate(name, env_id, dataset, args):
         "hidden_sizes": tuple(args.hidden),
     }
     fields = algo.config.__dataclass_fields__
-    program = algo.make(
-        algo.config(**{k: v for k, v in overrides.items() if k in fields}),
-        obs_dim,
-        spec,
-    )
+    overrides = {k: v for k, v in overrides.items() if k in fields}
+    for item in args.override:
+        target, _, assignment = item.partition(":")
+        field, _, value = assignment.partition("=")
+        if target == name:
+            if field not in fields:
+                raise ValueError(f"--override {item}: {name} has no field {field!r}")
+            overrides[field] = json.loads(value)
+    program = algo.make(algo.config(**overrides), obs_dim, spec)
     data = dataset["transitions"]
     chunks = max(1, args.num_steps // args.eval_every)
     chunk = args.num_steps // chunks
@@ -196,7 +200,10 @@ def markdown(result) -> str:
         f"{result['args']['num_steps']} updates of batch "
         f"{result['args']['batch_size']}, hidden {result['args']['hidden']}; "
         f"final score = normalized score of {result['args']['eval_episodes']} "
-        "evaluation episodes after the last update (random 0, expert 100).",
+        "evaluation episodes after the last update (random 0, expert 100). "
+        "Config overrides: "
+        + (", ".join(result["args"].get("override") or []) or "none (defaults)")
+        + ".",
         "",
         "| dataset | transitions | data score | algorithm | score mean ± std "
         "| per seed | updates/s (all seeds) |",
@@ -335,6 +342,12 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--num-transitions", type=int, default=50_000)
+    p.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="ALGORITHM:FIELD=JSON, e.g. cql:cql_weight=3.0 (config of one algorithm)",
+    )
     p.add_argument("--refresh", action="store_true", help="recollect the datasets")
     p.add_argument("--out", default=None, help="results path without suffix")
     p.add_argument("--quick", action="store_true", help="smoke test; writes nothing")
