@@ -7,8 +7,8 @@ PPO agents vmapped with exploit/explore inside one scan. Shells: ``RLOptimizer``
 (the loop controller), ``BatchPipeline`` / ``LivePipeline``,
 ``CheckpointRegistry`` (orbax, atomic JSON manifest), ``BackoffOptimizer`` /
 ``PBTOptimizer``, ``PolicyManager``, ``MetaController``, ``RegimeDetector``,
-``EnsembleAgent``, and ``PPOAgent``, which puts jitted PPO behind the six-method
-``Agent`` protocol.
+``EnsembleAgent``, and ``PPOAgent`` / ``DQNAgent``, which put jitted PPO / DQN behind
+the six-method ``Agent`` protocol.
 """
 
 from convergence_jax.loop.agent import Agent, JaxPolicy, PPOAgent, check_agent
@@ -25,6 +25,7 @@ from convergence_jax.loop.backoff import (
     trend,
 )
 from convergence_jax.loop.controller import LoopCallback, LoopResult, RLOptimizer
+from convergence_jax.loop.dqn_agent import DQNAgent
 from convergence_jax.loop.evaluator import (
     EvalMetrics,
     Evaluator,
@@ -72,6 +73,7 @@ __all__ = [
     "EpisodeData",
     "EvalMetrics",
     "Evaluator",
+    "DQNAgent",
     "JaxPolicy",
     "LivePipeline",
     "LoopCallback",
