@@ -12,7 +12,12 @@ Decision Transformer) as compiled, data-parallel programs.
 See ``docs/offline.md``.
 """
 
-from convergence_jax.offline._common import ActionSpec, env_spec, hparam_grid
+from convergence_jax.offline._common import (
+    ActionSpec,
+    check_data,
+    env_spec,
+    hparam_grid,
+)
 from convergence_jax.offline.bc import (
     BC,
     BCConfig,
@@ -140,6 +145,7 @@ from convergence_jax.offline.td3bc import (
 
 __all__ = [
     "ActionSpec",
+    "check_data",
     "env_spec",
     "hparam_grid",
     "ALGORITHMS",
