@@ -1,4 +1,7 @@
-"""Small flax networks of the offline algorithms (all on ``rl.networks.MLP``).
+"""Small flax networks of the offline algorithms (all on ``rl.networks.MLP``, PPO's
+orthogonal initialization; ``rl.continuous``'s SAC / TD3 networks use flax's default
+one, as rejax does, for the side-by-side with it). The squashed-Gaussian density is
+``rl.continuous.tanh_gaussian_log_prob``, re-exported here.
 
 Continuous actions live in [-1, 1]^d here (``ActionSpec.to_unit``). Every module
 works on one example or a batch (leading axes are kept).
@@ -12,6 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from convergence_jax.rl.continuous import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    tanh_gaussian_log_prob,
+)
 from convergence_jax.rl.networks import MLP
 
 __all__ = [
@@ -25,8 +33,6 @@ __all__ = [
     "ValueNet",
     "tanh_gaussian_log_prob",
 ]
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class LogitsNet(nn.Module):
@@ -89,18 +95,6 @@ class DeterministicActor(nn.Module):
         return jnp.tanh(
             MLP(self.hidden_sizes, self.action_dim, self.activation, 0.01)(obs)
         )
-
-
-def tanh_gaussian_log_prob(mean, log_std, pre_tanh):
-    """``log pi(tanh(u))`` for ``u ~ N(mean, exp(log_std))`` (Haarnoja et al. 2018,
-    appendix C): ``sum_d [log N(u_d) - log(1 - tanh(u_d)^2)]``, the correction in
-    the stable form ``2 (log 2 - u - softplus(-2u))``."""
-    std = jnp.exp(log_std)
-    log_normal = -0.5 * (
-        ((pre_tanh - mean) / std) ** 2 + 2 * log_std + jnp.log(2 * jnp.pi)
-    )
-    correction = 2.0 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
-    return jnp.sum(log_normal - correction, -1)
 
 
 class TanhGaussianActor(nn.Module):
