@@ -5,12 +5,12 @@ make)``.
     program = algo.make(algo.config(num_steps=1000), obs_dim, spec)
     state, metrics = jax.jit(program.train)(key, data)
 
-To add an algorithm (BCQ, BEAR, Decision Transformer, ...): write its module with
-``XConfig`` / ``XHParams`` / ``make_x(config, obs_dim, action_spec)`` following
-``offline/_common.py``, then add one line to ``ALGORITHMS`` below, e.g.
-``"bcq": Algorithm(BCQConfig, BCQHParams, make_bcq, discrete=True,
-continuous=True)``. ``discrete`` / ``continuous`` say which action spaces the
-algorithm supports; ``get_algorithm`` and ``make_algorithm`` check them.
+To add an algorithm: write its module with ``XConfig`` / ``XHParams`` /
+``make_x(config, obs_dim, action_spec)`` following ``offline/_common.py``, then add
+one entry to ``ALGORITHMS`` below, e.g. ``"bcq": Algorithm(BCQConfig, BCQHParams,
+make_bcq)``. ``discrete`` / ``continuous`` say which action spaces the algorithm
+supports; ``get_algorithm`` and ``make_algorithm`` check them. (The Decision
+Transformer is not here: its policy keeps a context, see ``offline.dt``.)
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from typing import NamedTuple
 
 from convergence_jax.offline._common import ActionSpec
 from convergence_jax.offline.bc import BCConfig, BCHParams, make_bc
+from convergence_jax.offline.bcq import BCQConfig, BCQHParams, make_bcq
+from convergence_jax.offline.bear import BEARConfig, BEARHParams, make_bear
+from convergence_jax.offline.cql import CQLConfig, CQLHParams, make_cql
+from convergence_jax.offline.iql import IQLConfig, IQLHParams, make_iql
+from convergence_jax.offline.td3bc import TD3BCConfig, TD3BCHParams, make_td3bc
 
 __all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_algorithm"]
 
@@ -40,35 +45,12 @@ class Algorithm(NamedTuple):
 
 ALGORITHMS: dict[str, Algorithm] = {
     "bc": Algorithm(BCConfig, BCHParams, make_bc),
+    "td3bc": Algorithm(TD3BCConfig, TD3BCHParams, make_td3bc, discrete=False),
+    "cql": Algorithm(CQLConfig, CQLHParams, make_cql),
+    "iql": Algorithm(IQLConfig, IQLHParams, make_iql),
+    "bcq": Algorithm(BCQConfig, BCQHParams, make_bcq),
+    "bear": Algorithm(BEARConfig, BEARHParams, make_bear, discrete=False),
 }
-
-
-def _register_own() -> None:
-    # Imported here so that this module stays importable while algorithm
-    # modules are added one by one.
-    from convergence_jax.offline.cql import CQLConfig, CQLHParams, make_cql
-    from convergence_jax.offline.iql import IQLConfig, IQLHParams, make_iql
-    from convergence_jax.offline.td3bc import TD3BCConfig, TD3BCHParams, make_td3bc
-
-    ALGORITHMS["td3bc"] = Algorithm(
-        TD3BCConfig, TD3BCHParams, make_td3bc, discrete=False
-    )
-    ALGORITHMS["cql"] = Algorithm(CQLConfig, CQLHParams, make_cql)
-    ALGORITHMS["iql"] = Algorithm(IQLConfig, IQLHParams, make_iql)
-
-
-_register_own()
-
-
-def _register_bcq_bear() -> None:
-    from convergence_jax.offline.bcq import BCQConfig, BCQHParams, make_bcq
-    from convergence_jax.offline.bear import BEARConfig, BEARHParams, make_bear
-
-    ALGORITHMS["bcq"] = Algorithm(BCQConfig, BCQHParams, make_bcq)
-    ALGORITHMS["bear"] = Algorithm(BEARConfig, BEARHParams, make_bear, discrete=False)
-
-
-_register_bcq_bear()
 
 
 def get_algorithm(name: str) -> Algorithm:
