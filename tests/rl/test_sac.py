@@ -1,5 +1,7 @@
 """SAC: losses against NumPy, bad input, jit/vmap without recompiling, 4 devices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,12 +155,23 @@ def test_default_target_entropy_is_minus_action_dim():
     assert float(hp.target_entropy) == -3.0
 
 
-def test_vmap_over_seeds_and_hparams_without_recompiling():
-    config = SACConfig(**TINY)
+@pytest.fixture(scope="module")
+def vmapped():
+    """One compiled program for the module: a jit of a vmap over 2 seeds x 2 sets of
+    numbers, the first set the config's defaults (so that its runs are also the
+    1-device runs that test_four_devices_equal_one_device compares against)."""
+    config = SACConfig(**{**TINY, "num_envs": 4})
     train = jax.jit(jax.vmap(jax.vmap(make_sac_train(config), (0, None)), (None, 0)))
     keys = jax.random.split(jax.random.key(0), 2)
-    grid = sac_hparam_grid(config, critic_lr=[1e-3, 1e-2], init_alpha=[0.5, 1.0])
+    grid = sac_hparam_grid(
+        config, critic_lr=[config.critic_lr, 1e-2], init_alpha=[config.init_alpha, 0.5]
+    )
     state, metrics = train(keys, grid)
+    return config, train, keys, state, metrics
+
+
+def test_vmap_over_seeds_and_hparams_without_recompiling(vmapped):
+    config, train, keys, state, metrics = vmapped
     n = config.num_updates
     assert metrics["episode_return"].shape == (2, 2, n)
     np.testing.assert_array_equal(
@@ -166,12 +179,17 @@ def test_vmap_over_seeds_and_hparams_without_recompiling():
     )
     # learning starts after learning_starts env steps, and only then
     learning = np.asarray(metrics["learning"][0, 0])
-    np.testing.assert_array_equal(learning, np.arange(1, n + 1) * 2 >= 16)
+    np.testing.assert_array_equal(learning, np.arange(1, n + 1) * config.num_envs >= 16)
     assert np.all(np.asarray(metrics["critic_loss"])[..., ~learning] == 0)
     assert np.all(np.isfinite(np.asarray(metrics["critic_loss"])))
-    # alpha starts at init_alpha and the buffer holds every step
-    np.testing.assert_allclose(metrics["alpha"][:, 0, 7], [0.5, 1.0], rtol=2e-2)
-    assert int(state.buffer.size[0, 0]) == config.total_timesteps
+    # alpha starts at init_alpha (at the first learning update) and the buffer
+    # holds every step
+    first = int(np.argmax(learning))
+    np.testing.assert_allclose(metrics["alpha"][:, 0, first], [1.0, 0.5], rtol=2e-2)
+    # (rows times envs: buffer.size reads num_envs off the leaves' second axis,
+    # which under the vmaps is the seeds')
+    rows = np.asarray(state.buffer.rows_filled)
+    assert np.all(rows * config.num_envs == config.total_timesteps)
     # seeds differ, learning rates differ
     w = np.asarray(jax.tree.leaves(state.params["critic"])[0])
     assert not np.allclose(w[0, 0], w[0, 1]) and not np.allclose(w[0, 0], w[1, 0])
@@ -183,13 +201,16 @@ def test_vmap_over_seeds_and_hparams_without_recompiling():
     assert train._cache_size() == 1
 
 
-def test_policy_maps_into_the_action_box():
-    sac = make_sac(SACConfig(**TINY))
-    state = jax.jit(sac.init)(jax.random.key(0))
+def test_policy_maps_into_the_action_box(vmapped):
+    config, _, _, states, _ = vmapped
+    sac = make_sac(config)
+    params = jax.tree.map(
+        lambda x: np.asarray(x)[0, 0], states.params
+    )  # one trained run
     obs = jax.random.normal(jax.random.key(1), (16, 3)) * 5
     policy = jax.jit(sac.policy, static_argnums=3)
     for deterministic in (False, True):
-        a = policy(state.params, obs, jax.random.key(2), deterministic)
+        a = policy(params, obs, jax.random.key(2), deterministic)
         assert a.shape == (16, 1)
         assert np.all(np.abs(np.asarray(a)) <= 2.0)  # Pendulum's torque box
     np.testing.assert_allclose(
@@ -197,17 +218,16 @@ def test_policy_maps_into_the_action_box():
     )
 
 
-def test_four_devices_equal_one_device():
+def test_four_devices_equal_one_device(vmapped):
+    """The 4-device run against the 1-device run of the same seed and numbers:
+    the module's vmapped program at (default numbers, seed 0)."""
     assert jax.device_count() >= 4, "conftest forces 4 host devices"
-    runs = {}
-    for devices in (1, 4):
-        config = SACConfig(**{**TINY, "num_envs": 4, "num_devices": devices})
-        runs[devices] = jax.jit(make_sac_train(config))(jax.random.key(3))
-    (s1, m1), (s4, m4) = runs[1], runs[4]
+    config, _, keys, states, metrics = vmapped
+    config4 = dataclasses.replace(config, num_devices=4)
+    s4, m4 = jax.jit(make_sac_train(config4))(keys[0])
+    p1, m1 = jax.tree.map(lambda x: np.asarray(x)[0, 0], (states.params, metrics))
     assert len(s4.obs.sharding.device_set) == 4  # environments really were split
-    for a, b in zip(
-        jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True
-    ):
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(s4.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name in ("critic_loss", "actor_loss", "alpha", "entropy"):
         np.testing.assert_allclose(m1[name], m4[name], rtol=1e-4, atol=1e-5)
