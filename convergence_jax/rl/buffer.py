@@ -37,7 +37,12 @@ __all__ = [
 
 @struct.dataclass
 class ReplayBuffer:
-    """Ring buffer state. ``data`` leaves are ``[rows, num_envs, ...]``."""
+    """Ring buffer state. ``data`` leaves are ``[rows, num_envs, ...]``.
+
+    ``rows``, ``num_envs`` and ``size`` read the leaves' shapes: inside ``vmap``
+    they are the per-seed figures; on a stack of buffers outside it (a leading
+    seeds axis, e.g. the output of a vmapped run) index one buffer first.
+    """
 
     data: Any
     insert: jax.Array
