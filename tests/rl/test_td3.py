@@ -1,5 +1,7 @@
 """TD3: losses against NumPy, bad input, jit/vmap without recompiling, 4 devices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,17 +84,32 @@ def test_bad_config_fails_before_compiling(kwargs, match):
 # ------------------------------------------------------------------ programs
 
 
-def test_vmap_over_seeds_and_hparams_without_recompiling():
-    config = TD3Config(**TINY)
+@pytest.fixture(scope="module")
+def vmapped():
+    """One compiled program for the module: a jit of a vmap over 2 seeds x 2 sets of
+    numbers, the second set the config's defaults (policy_delay 2, target_noise
+    0.2), so that its runs are also the 1-device runs that
+    test_four_devices_equal_one_device compares against."""
+    config = TD3Config(**{**TINY, "num_envs": 4})
     train = jax.jit(jax.vmap(jax.vmap(make_td3_train(config), (0, None)), (None, 0)))
     keys = jax.random.split(jax.random.key(0), 2)
-    grid = td3_hparam_grid(config, policy_delay=[1, 2], target_noise=[0.1, 0.3])
+    grid = td3_hparam_grid(
+        config,
+        policy_delay=[1, config.policy_delay],
+        target_noise=[0.1, config.target_noise],
+    )
     state, metrics = train(keys, grid)
+    return config, train, keys, state, metrics
+
+
+def test_vmap_over_seeds_and_hparams_without_recompiling(vmapped):
+    config, train, keys, state, metrics = vmapped
     n = config.num_updates
     assert metrics["episode_return"].shape == (2, 2, n)
     learning = np.asarray(metrics["learning"][0, 0])
-    np.testing.assert_array_equal(learning, np.arange(1, n + 1) * 2 >= 16)
+    np.testing.assert_array_equal(learning, np.arange(1, n + 1) * config.num_envs >= 16)
     # the policy delay is a number: every step, then every second step
+    assert config.policy_delay == 2
     updated = np.asarray(metrics["actor_updated"])[:, 0, learning]
     np.testing.assert_array_equal(updated[0], 1.0)
     np.testing.assert_array_equal(updated[1], np.arange(learning.sum()) % 2)
@@ -104,24 +121,30 @@ def test_vmap_over_seeds_and_hparams_without_recompiling():
     assert train._cache_size() == 1
 
 
-def test_policy_maps_into_the_action_box():
-    td3 = make_td3(TD3Config(**TINY))
-    state = jax.jit(td3.init)(jax.random.key(0))
+def test_policy_maps_into_the_action_box(vmapped):
+    config, _, _, states, _ = vmapped
+    td3 = make_td3(config)
+    params = jax.tree.map(
+        lambda x: np.asarray(x)[0, 0], states.params
+    )  # one trained run
     obs = jax.random.normal(jax.random.key(1), (16, 3)) * 5
-    a = jax.jit(td3.policy)(state.params, obs)
+    a = jax.jit(td3.policy)(params, obs)
     assert a.shape == (16, 1) and np.all(np.abs(np.asarray(a)) <= 2.0)
 
 
-def test_four_devices_equal_one_device():
+def test_four_devices_equal_one_device(vmapped):
+    """The 4-device run against the 1-device run of the same seed and numbers:
+    the module's vmapped program at (default numbers, seed 0)."""
     assert jax.device_count() >= 4, "conftest forces 4 host devices"
-    runs = {}
-    for devices in (1, 4):
-        config = TD3Config(**{**TINY, "num_envs": 4, "num_devices": devices})
-        runs[devices] = jax.jit(make_td3_train(config))(jax.random.key(3))
-    (s1, m1), (s4, m4) = runs[1], runs[4]
+    config, _, keys, states, metrics = vmapped
+    config4 = dataclasses.replace(config, num_devices=4)
+    s4, m4 = jax.jit(make_td3_train(config4))(keys[0])
+    p1, m1 = jax.tree.map(
+        lambda x: np.asarray(x)[1, 0], ((states.params, states.target_params), metrics)
+    )
     assert len(s4.obs.sharding.device_set) == 4
     for a, b in zip(
-        jax.tree.leaves((s1.params, s1.target_params)),
+        jax.tree.leaves(p1),
         jax.tree.leaves((s4.params, s4.target_params)),
         strict=True,
     ):
