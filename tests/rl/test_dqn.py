@@ -143,18 +143,39 @@ def test_bad_config_fails_before_compiling(kwargs, match):
 # ------------------------------------------------------------------ the program
 
 
-def test_runs_under_jit_and_vmaps_over_keys_and_hparams_without_recompiling():
-    config = DQNConfig(**TINY, n_step=3)
+@pytest.fixture(scope="module")
+def vmapped():
+    """One compiled program for the module: a jit of a vmap over (seed, numbers)
+    pairs, both the config's defaults, so that the first run is also the 1-device
+    run that test_four_devices_equal_one_device compares against. 8 envs, 2 steps
+    each: 16 steps an update. Unclipped: a clip by global norm would hide a
+    gradient off by a constant factor across devices (Adam does the rest)."""
+    config = DQNConfig(
+        **{
+            **TINY,
+            "num_envs": 8,
+            "batch_size": 16,
+            "buffer_size": 128,
+            "learning_starts": 32,
+        },
+        n_step=3,
+        max_grad_norm=1e6,
+    )
     train = jax.jit(jax.vmap(make_train(config)))
-    batched = dqn_hparam_grid(config, gamma=[0.99, 0.99])
-    with pytest.raises(ValueError, match="unknown fields \\['lr'\\]"):
-        dqn_hparam_grid(config, lr=[1.0])
+    batched = dqn_hparam_grid(config, gamma=[config.gamma, config.gamma])
     keys = jax.random.split(jax.random.key(0), 2)
     state, metrics = train(keys, batched)
+    return config, train, keys, batched, state, metrics
+
+
+def test_runs_under_jit_and_vmaps_over_keys_and_hparams_without_recompiling(vmapped):
+    config, train, keys, batched, state, metrics = vmapped
+    with pytest.raises(ValueError, match="unknown fields \\['lr'\\]"):
+        dqn_hparam_grid(config, lr=[1.0])
     assert metrics["loss"].shape == (2, config.num_updates)
     learning = np.asarray(metrics["learning"])
-    # 8 steps an update: learning starts with the update that reaches
-    # learning_starts (16) steps, the second.
+    # 16 steps an update: learning starts with the update that reaches
+    # learning_starts (32) steps, the second.
     assert not learning[:, 0].any() and learning[:, 1:].all()
     loss = np.asarray(metrics["loss"])
     assert np.all(np.isfinite(loss)) and np.all(loss[:, 1:] > 0)
@@ -174,7 +195,7 @@ def test_runs_under_jit_and_vmaps_over_keys_and_hparams_without_recompiling():
     state2, metrics2 = train(keys, other)
     assert train._cache_size() == 1
     assert not np.allclose(np.asarray(metrics2["loss"]), loss)
-    assert jax.tree.leaves(state2.buffer.data)[0].shape[:3] == (2, 16, 4)
+    assert jax.tree.leaves(state2.buffer.data)[0].shape[:3] == (2, 16, 8)
 
 
 def test_run_fills_the_buffer_learns_moves_the_target_and_acts():
@@ -225,22 +246,19 @@ def test_run_fills_the_buffer_learns_moves_the_target_and_acts():
     assert set(np.asarray(random).tolist()) == {0, 1}
 
 
-def test_four_devices_equal_one_device():
+def test_four_devices_equal_one_device(vmapped):
+    """The 4-device run against the 1-device run of the same seed and numbers:
+    the module's vmapped program at its first (seed, numbers) pair."""
     assert jax.device_count() >= 4, "conftest forces 4 host devices"
-    runs = {}
-    for devices in (1, 4):
-        config = DQNConfig(
-            **{**TINY, "num_envs": 8, "batch_size": 16}, n_step=2, num_devices=devices
-        )
-        # Unclipped: a clip by global norm would hide a gradient off by a constant
-        # factor (Adam does the rest).
-        hparams = DQNHParams.from_config(config).replace(max_grad_norm=jnp.float32(1e6))
-        runs[devices] = jax.jit(make_train(config))(jax.random.key(3), hparams)
-    (s1, m1), (s4, m4) = runs[1], runs[4]
+    config, _, keys, batched, states, metrics = vmapped
+    config4 = dataclasses.replace(config, num_devices=4)
+    hparams = DQNHParams.from_config(config4)
+    s4, m4 = jax.jit(make_train(config4))(keys[0], hparams)
+    p1, m1 = jax.tree.map(lambda x: np.asarray(x)[0], (states.params, metrics))
+    for a, b in zip(jax.tree.leaves(hparams), jax.tree.leaves(batched), strict=True):
+        np.testing.assert_array_equal(a, b[0])  # the same numbers
     assert len(s4.obs.sharding.device_set) == 4  # environments really were split
-    for a, b in zip(
-        jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True
-    ):
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(s4.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-4)
     np.testing.assert_allclose(m1["q_mean"], m4["q_mean"], rtol=1e-4, atol=1e-6)
