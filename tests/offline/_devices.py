@@ -18,7 +18,7 @@ def assert_updates_match(make_program, data, num_updates: int = 2, seed: int = 3
     assert jax.device_count() >= 4, "conftest forces 4 host devices"
     one, four = make_program(1), make_program(4)
     update_one, update_four = jax.jit(one.update), jax.jit(four.update)
-    state = one.init(jax.random.key(seed), data)
+    state = jax.jit(one.init)(jax.random.key(seed), data)
     hparams = one.default_hparams
     moved = 0.0
     for _ in range(num_updates):
