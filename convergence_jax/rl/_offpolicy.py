@@ -497,7 +497,12 @@ def build(
         gradient_steps = max(
             1, num_steps * config.gradient_steps // config.rollout_steps
         )
-        can_learn = dp.psum(buffer.size) >= hparams.learning_starts
+        # Stored transitions stop growing at the capacity; a learning_starts above
+        # it would otherwise never be reached (update() counts env steps instead).
+        capacity = config.buffer_size // config.num_envs * config.num_envs
+        can_learn = dp.psum(buffer.size) >= jnp.minimum(
+            hparams.learning_starts, capacity
+        )
 
         def do_learn(_):
             return learn(state, state.keys, buffer, hparams, gradient_steps)
@@ -531,7 +536,8 @@ def build(
         (environment actions, in the box), ``reward``, ``terminated`` and
         ``final_obs`` (the observation each step led to, before any reset; a
         truncated step bootstraps from it). All T steps are added, then, once
-        the buffer holds ``learning_starts`` transitions,
+        the buffer holds ``learning_starts`` transitions (or is full, if
+        ``learning_starts`` exceeds its capacity),
         ``T * gradient_steps // rollout_steps`` gradient steps are taken (the
         update's ratio). The environments in ``state`` are not stepped. Data
         parallel like ``update``.
