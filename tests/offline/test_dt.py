@@ -144,7 +144,7 @@ def test_four_devices_equal_one_device():
         for d in (1, 4)
     }
     seq = dt.sequence_data(data, _tiny.DISCRETE)
-    state = programs[1].init(jax.random.key(3), data)
+    state = jax.jit(programs[1].init)(jax.random.key(3), data)
     hp = programs[1].default_hparams.replace(learning_rate=1e-2)
     one, four = jax.jit(programs[1].update), jax.jit(programs[4].update)
     for _ in range(2):
@@ -166,15 +166,17 @@ def test_acting_with_a_context_in_gymnax():
         observations=jnp.zeros((64, obs_dim)),
         next_observations=jnp.zeros((64, obs_dim)),
     )
-    state = program.init(jax.random.key(0), data)
+    state = jax.jit(program.init)(jax.random.key(0), data)
     rollout = jax.jit(dt.make_rollout(program, "CartPole-v1"), static_argnums=3)
     returns = np.asarray(rollout(jax.random.key(1), state, 500.0, 3))
     assert returns.shape == (3,) and np.all((returns >= 1) & (returns <= 500))
     # the context: the newest step last, real steps masked in, the rtg falls
-    context = program.start(jnp.ones((2, obs_dim)), 10.0)
-    actions, context = program.policy(state, context, jnp.ones((2, obs_dim)))
-    context = program.observe(context, jnp.array([1.0, 2.0]))
-    _, context = program.policy(state, context, 2 * jnp.ones((2, obs_dim)))
+    # (jitted: eager, each of their ops would compile on its own)
+    start, policy = jax.jit(program.start), jax.jit(program.policy)
+    context = start(jnp.ones((2, obs_dim)), 10.0)
+    actions, context = policy(state, context, jnp.ones((2, obs_dim)))
+    context = jax.jit(program.observe)(context, jnp.array([1.0, 2.0]))
+    _, context = policy(state, context, 2 * jnp.ones((2, obs_dim)))
     np.testing.assert_array_equal(context.mask, [[0, 0, 1, 1]] * 2)
     np.testing.assert_allclose(context.rtg[:, -2:], [[10.0, 9.0], [10.0, 8.0]])
     np.testing.assert_array_equal(context.timesteps[:, -2:], [[0, 1]] * 2)
