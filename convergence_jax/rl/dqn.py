@@ -587,7 +587,7 @@ def make_dqn(config: DQNConfig) -> DQN:
         }
         buffer, _ = jax.lax.scan(add, state.buffer, transitions)
         new_state, aux = learn_and_target(state, state.keys, buffer, hparams)
-        return new_state, {"epsilon": exploration(state, hparams), **aux}
+        return new_state, {"epsilon": exploration(new_state, hparams), **aux}
 
     if sharded:
         mesh = jax.make_mesh(

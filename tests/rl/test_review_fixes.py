@@ -33,3 +33,38 @@ def test_offpolicy_learn_batch_learns_when_learning_starts_exceeds_the_buffer():
     assert int(new.buffer.size) == 8
     assert bool(metrics["learning"])
     assert int(new.grad_step) == 10
+
+
+def test_dqn_learn_batch_epsilon_is_the_next_windows():
+    """DQN.learn_batch documents ``metrics["epsilon"]`` as the exploration the
+    next window should use; it returned the epsilon of the window just learned
+    (one update behind)."""
+    from convergence_jax.rl.dqn import DQNConfig, make_dqn
+
+    config = DQNConfig(
+        total_timesteps=160,
+        num_envs=4,
+        rollout_steps=2,
+        gradient_steps=1,
+        batch_size=8,
+        buffer_size=64,
+        learning_starts=0,
+        hidden_sizes=(4,),
+    )
+    dqn = make_dqn(config)
+    hparams = dqn.default_hparams
+    state = jax.jit(dqn.init)(jax.random.key(0))
+    shape = (config.rollout_steps, config.num_envs)
+    k_obs, k_act = jax.random.split(jax.random.key(1))
+    batch = {
+        "obs": jax.random.normal(k_obs, shape + (4,)),
+        "action": jax.random.randint(k_act, shape, 0, 2),
+        "reward": jnp.ones(shape),
+        "terminated": jnp.zeros(shape, bool),
+        "truncated": jnp.zeros(shape, bool),
+        "final_obs": jax.random.normal(k_obs, shape + (4,)) + 1,
+    }
+    new, metrics = jax.jit(dqn.learn_batch)(state, batch, hparams)
+    now, nxt = dqn.exploration(state, hparams), dqn.exploration(new, hparams)
+    assert float(now) != float(nxt)  # the schedule moves between the two windows
+    assert float(metrics["epsilon"]) == float(nxt)
