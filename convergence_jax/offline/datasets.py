@@ -381,18 +381,21 @@ def _rollout_program(env, env_params, act, num_envs: int, num_steps: int):
     return run
 
 
-def _streams(traj: dict[str, np.ndarray]) -> Transitions:
+def _streams(traj: dict[str, np.ndarray], begin=None) -> Transitions:
     """``[T, E, ...]`` rollouts -> flat ``Transitions``: each environment's steps
-    contiguous, its trailing unfinished episode dropped."""
+    contiguous, its trailing unfinished episode dropped. ``begin [E]`` (optional):
+    the first row of each environment's stream that starts an episode (rows
+    before it, the tail of an episode begun earlier, are dropped)."""
     done = np.asarray(traj["terminals"]) | np.asarray(traj["timeouts"])
     pieces = {k: [] for k in traj}
     for e in range(done.shape[1]):
-        ends = np.flatnonzero(done[:, e])
+        first = 0 if begin is None else int(begin[e])
+        ends = np.flatnonzero(done[first:, e]) + first
         if ends.size == 0:
             continue
         keep = ends[-1] + 1
         for k, v in traj.items():
-            pieces[k].append(np.asarray(v[:keep, e]))
+            pieces[k].append(np.asarray(v[first:keep, e]))
     if not pieces["rewards"]:
         raise ValueError(
             "no episode finished during collection: raise num_transitions (each "
@@ -606,11 +609,20 @@ def _replay_transitions(rollouts, upto: int, limit: int | None) -> Transitions:
         )
         for k in rollouts[0]
     }
-    if limit is not None:
-        num_envs = traj["rewards"].shape[1]
-        steps = -(-limit // num_envs)
-        traj = {k: v[-steps:] for k, v in traj.items()}
-    return _streams(traj)
+    if limit is None:
+        return _streams(traj)
+    num_envs = traj["rewards"].shape[1]
+    steps = -(-limit // num_envs)
+    cut = max(0, traj["rewards"].shape[0] - steps)
+    done = np.asarray(traj["terminals"]) | np.asarray(traj["timeouts"])
+    # The cut falls inside an episode of each environment: begin every stream
+    # at the first row after the cut that starts an episode.
+    begin = np.zeros(num_envs, np.int64)
+    if cut > 0:
+        for e in range(num_envs):
+            ends = np.flatnonzero(done[cut - 1 :, e])
+            begin[e] = ends[0] if ends.size else steps
+    return _streams({k: v[cut:] for k, v in traj.items()}, begin)
 
 
 def collect_datasets(
