@@ -167,7 +167,7 @@ class SequenceData:
 
 def sequence_data(data: Transitions, spec: ActionSpec) -> SequenceData:
     """Returns-to-go, timesteps and episode starts of a ``Transitions`` (jittable)."""
-    ends = data.terminals | data.timeouts
+    ends = data.terminals.astype(bool) | data.timeouts.astype(bool)
     timesteps, starts = episode_timesteps(ends)
     return SequenceData(
         observations=data.observations.astype(jnp.float32),

@@ -45,3 +45,27 @@ def test_replay_without_limit_keeps_every_episode():
     # env 0: episodes end at t = 2, 5, 8; env 1 starts at timestep 1 (the
     # fake's offset), so its first episode is shorter (the stream's own start).
     assert data.size == 9 + 8
+
+
+def test_dt_sequence_data_accepts_float_flags():
+    # The other algorithms take 0/1 float terminals (bellman_target casts them);
+    # the Decision Transformer's episode bookkeeping raised a TypeError on them.
+    import jax.numpy as jnp
+
+    from convergence_jax.offline._common import ActionSpec
+    from convergence_jax.offline.dataset import Transitions
+    from convergence_jax.offline.dt import sequence_data
+
+    n = 5
+    data = Transitions(
+        observations=jnp.zeros((n, 2)),
+        actions=jnp.zeros(n, jnp.int32),
+        rewards=jnp.ones(n),
+        next_observations=jnp.zeros((n, 2)),
+        terminals=jnp.array([0.0, 1.0, 0.0, 0.0, 1.0]),
+        timeouts=jnp.zeros(n),
+    )
+    seq = sequence_data(data, ActionSpec.make_discrete(2))
+    np.testing.assert_array_equal(seq.rtg, [2.0, 1.0, 3.0, 2.0, 1.0])
+    np.testing.assert_array_equal(seq.timesteps, [0, 1, 0, 1, 2])
+    np.testing.assert_array_equal(seq.starts, [0, 0, 2, 2, 2])
