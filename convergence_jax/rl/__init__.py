@@ -95,7 +95,6 @@ from convergence_jax.rl.value_losses import (
 )
 
 __all__ = [
-    "hparam_grid",
     "ACTIVATIONS",
     "DQN",
     "LOG_STD_MAX",
@@ -135,6 +134,7 @@ __all__ = [
     "dqn_hparam_grid",
     "entropy_loss",
     "gae",
+    "hparam_grid",
     "make_dqn",
     "make_dqn_train",
     "make_ppo",
