@@ -206,18 +206,22 @@ def markdown(result) -> str:
         + ".",
         "",
         "| dataset | transitions | data score | algorithm | score mean ± std "
-        "| per seed | updates/s (all seeds) |",
-        "|---|---|---|---|---|---|---|",
+        "| min / median / max over seeds | per seed | updates/s (all seeds) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ds in result["datasets"]:
         for run in ds["runs"]:
             ups = run["updates_per_second_all_seeds"]
-            per_seed = ", ".join(f"{x:.1f}" for x in run["final_scores"])
+            scores = np.asarray(run["final_scores"])
+            per_seed = ", ".join(f"{x:.1f}" for x in scores)
+            spread = " / ".join(
+                f"{x:.1f}" for x in (scores.min(), np.median(scores), scores.max())
+            )
             rate = f"{ups:.0f}" if ups else "-"
             lines.append(
                 f"| {ds['name']} | {ds['transitions']} | {ds['data_score']:.1f} | "
                 f"{run['algorithm']} | {run['final_score_mean']:.1f} ± "
-                f"{run['final_score_std']:.1f} | {per_seed} | {rate} |"
+                f"{run['final_score_std']:.1f} | {spread} | {per_seed} | {rate} |"
             )
     lines += ["", "## Bar: CQL and IQL beat BC on medium-replay", ""]
     for line in result["bar"]:
@@ -271,6 +275,11 @@ def plot(result, path):
 
 
 def main(args):
+    if args.markdown_from is not None:
+        result = json.loads(args.markdown_from.read_text())
+        args.markdown_from.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {args.markdown_from.with_suffix('.md')}")
+        return result
     load_before = _load()
     result = {
         "name": NAME,
@@ -351,6 +360,9 @@ def parse(argv=None):
     p.add_argument("--refresh", action="store_true", help="recollect the datasets")
     p.add_argument("--out", default=None, help="results path without suffix")
     p.add_argument("--quick", action="store_true", help="smoke test; writes nothing")
+    p.add_argument(
+        "--markdown-from", type=Path, help="rewrite the .md from a results .json"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.num_steps, args.eval_every, args.seeds = 40, 20, 2
