@@ -38,6 +38,7 @@ from gymnax.environments import spaces as gym_spaces
 from gymnax.wrappers import FlattenObservationWrapper, LogWrapper
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.rl._scan import scan_updates
 from convergence_jax.rl.buffer import ReplayBuffer, buffer_add, buffer_init
 from convergence_jax.rl.networks import ACTIVATIONS
 
@@ -605,21 +606,6 @@ def build(
         hparams = default_hparams if hparams is None else hparams
         if num_updates is None:
             num_updates = config.num_updates
-        if (
-            isinstance(num_updates, bool)
-            or not isinstance(num_updates, int)
-            or num_updates < 0
-        ):
-            raise ValueError(
-                f"run: num_updates must be an int >= 0, got {num_updates!r}"
-            )
-
-        def body(state, _):
-            state, metrics = update(state, hparams)
-            if callback is not None:
-                jax.debug.callback(callback, metrics)
-            return state, metrics
-
-        return jax.lax.scan(body, state, None, num_updates)
+        return scan_updates(update, state, hparams, num_updates, callback)
 
     return init, update, run, to_env_action, learn_batch

@@ -51,6 +51,7 @@ from jax.sharding import PartitionSpec as P
 
 from convergence_jax.rl import _offpolicy
 from convergence_jax.rl import ppo as _ppo
+from convergence_jax.rl._scan import scan_updates
 from convergence_jax.rl.buffer import (
     ReplayBuffer,
     buffer_add,
@@ -670,22 +671,7 @@ def make_dqn(config: DQNConfig) -> DQN:
         hparams = default_hparams if hparams is None else hparams
         if num_updates is None:
             num_updates = config.num_updates
-        if isinstance(num_updates, bool) or not isinstance(num_updates, int):
-            raise ValueError(
-                f"run: num_updates must be an int >= 0, got {num_updates!r}"
-            )
-        if num_updates < 0:
-            raise ValueError(
-                f"run: num_updates must be an int >= 0, got {num_updates!r}"
-            )
-
-        def body(state, _):
-            state, metrics = update(state, hparams)
-            if callback is not None:
-                jax.debug.callback(callback, metrics)
-            return state, metrics
-
-        return jax.lax.scan(body, state, None, num_updates)
+        return scan_updates(update, state, hparams, num_updates, callback)
 
     return DQN(
         config=config,

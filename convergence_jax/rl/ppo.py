@@ -44,6 +44,7 @@ from gymnax.environments import spaces as gym_spaces
 from gymnax.wrappers import FlattenObservationWrapper, LogWrapper
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.rl._scan import scan_updates
 from convergence_jax.rl.losses import (
     clipped_value_loss,
     entropy_loss,
@@ -756,18 +757,7 @@ def make_ppo(config: PPOConfig) -> PPO:
         hparams = default_hparams if hparams is None else hparams
         if num_updates is None:
             num_updates = config.num_updates
-        if not isinstance(num_updates, int) or num_updates < 0:
-            raise ValueError(
-                f"run: num_updates must be an int >= 0, got {num_updates!r}"
-            )
-
-        def body(state, _):
-            state, metrics = update(state, hparams)
-            if callback is not None:
-                jax.debug.callback(callback, metrics)
-            return state, metrics
-
-        return jax.lax.scan(body, state, None, num_updates)
+        return scan_updates(update, state, hparams, num_updates, callback)
 
     return PPO(
         config=config,
