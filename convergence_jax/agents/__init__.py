@@ -2,8 +2,10 @@
 (heuristic, composite, multi-objective, a Bradley-Terry reward model, an LLM judge),
 agents over three backends with tools and plans, host-side conversations, a
 customer-service `TaskEnv` whose conversations compile into one program, multi-turn
-GRPO / GSPO on it, continual learning (replay, LwF, EWC), agent checkpoints and an
-OpenAI-compatible chat endpoint (``convergence-jax agents train / evaluate / serve``).
+GRPO / GSPO on it, continual learning (replay, LwF, EWC), offline training from
+logged conversations (filtered BC, AWR, hybrid offline -> online), agent
+checkpoints and an OpenAI-compatible chat endpoint (``convergence-jax agents train /
+evaluate / serve``).
 
     from convergence_jax import agents, lm
 
@@ -77,6 +79,17 @@ from convergence_jax.agents.multiturn import (
     train,
     turn_gae,
 )
+from convergence_jax.agents.offline import (
+    ConversationDataset,
+    LoadReport,
+    OfflineHParams,
+    OfflineRows,
+    awr_weights,
+    log_conversations,
+    make_hybrid,
+    make_offline_trainer,
+    weighted_nll,
+)
 from convergence_jax.agents.randomizer import DomainRandomizer, UserProfile
 from convergence_jax.agents.reward_model import (
     PreferenceData,
@@ -138,15 +151,19 @@ __all__ = [
     "Continual",
     "ContinualHParams",
     "ContinualState",
+    "ConversationDataset",
     "ConversationEnv",
     "DomainRandomizer",
     "EpisodeReport",
     "JaxBackend",
     "JudgeError",
     "LLMJudge",
+    "LoadReport",
     "MultiTurnAgent",
     "MultiTurnGRPO",
     "MultiTurnSFT",
+    "OfflineHParams",
+    "OfflineRows",
     "OpenAIBackend",
     "PROFILES",
     "PenaltyState",
@@ -159,6 +176,7 @@ __all__ = [
     "Tool",
     "ToolAgent",
     "UserProfile",
+    "awr_weights",
     "check_messages",
     "continual_penalty",
     "customer_service_env",
@@ -169,10 +187,13 @@ __all__ = [
     "fisher_diagonal",
     "load_agent",
     "load_chat_agent",
+    "log_conversations",
     "lwf_kl",
     "make_continual",
+    "make_hybrid",
     "make_multiturn_grpo",
     "make_multiturn_sft",
+    "make_offline_trainer",
     "turn_gae",
     "make_schedule",
     "parse_score",
@@ -218,6 +239,7 @@ __all__ = [
     "text_of",
     "tokenize_trajectories",
     "tokenize_trajectory",
+    "weighted_nll",
     "penalty_state",
     "policy_penalty",
     "template_rows",
