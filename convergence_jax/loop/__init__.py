@@ -54,6 +54,11 @@ from convergence_jax.loop.policy import (
     slope,
 )
 from convergence_jax.loop.registry import CheckpointRegistry, Snapshot
+from convergence_jax.loop.tuning import (
+    AdaptiveOptimizer,
+    MomentumOptimizer,
+    SPSAOptimizer,
+)
 
 __all__ = [
     "ACTIVE",
@@ -62,6 +67,7 @@ __all__ = [
     "DORMANT",
     "STATE_NAMES",
     "WATCHDOG",
+    "AdaptiveOptimizer",
     "Agent",
     "BackoffEvent",
     "BackoffOptimizer",
@@ -81,11 +87,13 @@ __all__ = [
     "MetaAction",
     "MetaController",
     "MinEvaluator",
+    "MomentumOptimizer",
     "PBTOptimizer",
     "PPOAgent",
     "PolicyManager",
     "RLOptimizer",
     "RegimeDetector",
+    "SPSAOptimizer",
     "SharpeEvaluator",
     "Snapshot",
     "adaptive_noise",
