@@ -25,6 +25,15 @@ from convergence_jax.loop.backoff import (
     trend,
 )
 from convergence_jax.loop.controller import LoopCallback, LoopResult, RLOptimizer
+from convergence_jax.loop.diagnostics import (
+    Diagnostics,
+    EntropyCollapse,
+    ExplorationCollapse,
+    KLDrift,
+    LossSpike,
+    action_spread,
+    default_rules,
+)
 from convergence_jax.loop.dqn_agent import DQNAgent
 from convergence_jax.loop.evaluator import (
     EvalMetrics,
@@ -38,9 +47,11 @@ from convergence_jax.loop.pipeline import (
     BatchPipeline,
     EpisodeData,
     LivePipeline,
+    episode_length,
     every_n_seconds,
     every_n_steps,
     on_episode_end,
+    window_steps_for,
 )
 from convergence_jax.loop.policy import (
     EnsembleAgent,
@@ -75,15 +86,20 @@ __all__ = [
     "BackoffState",
     "BatchPipeline",
     "CheckpointRegistry",
+    "Diagnostics",
     "EnsembleAgent",
+    "EntropyCollapse",
     "EpisodeData",
     "EvalMetrics",
     "Evaluator",
+    "ExplorationCollapse",
     "DQNAgent",
     "JaxPolicy",
+    "KLDrift",
     "LivePipeline",
     "LoopCallback",
     "LoopResult",
+    "LossSpike",
     "MetaAction",
     "MetaController",
     "MinEvaluator",
@@ -96,9 +112,12 @@ __all__ = [
     "SPSAOptimizer",
     "SharpeEvaluator",
     "Snapshot",
+    "action_spread",
     "adaptive_noise",
     "backoff_scheduler",
     "check_agent",
+    "default_rules",
+    "episode_length",
     "every_n_seconds",
     "every_n_steps",
     "exploit_explore",
@@ -108,4 +127,5 @@ __all__ = [
     "pearson",
     "slope",
     "trend",
+    "window_steps_for",
 ]

@@ -10,8 +10,21 @@ the validation pipeline, combines the two (``evaluator.combine``), steps the
 backoff scheduler, checkpoints on improvement, optionally rolls back on
 degradation, hands DORMANT to the policy manager (spawn, rollback, stop) and
 lets the hyperparameter optimizer suggest new values. It stops on DORMANT
-(``stop_when_dormant``, when no policy manager decides instead), on ``stop()``,
-after ``max_episodes`` windows, or when the pipeline ends.
+(``stop_when_dormant``, when no policy manager decides instead, and not before
+``min_episodes_before_dormant`` windows), when the checkpoint score reaches
+``target_score``, on ``stop()``, after ``max_episodes`` windows, or when the
+pipeline ends.
+
+Checkpoints. A candidate is saved when the scheduler reports an improvement, or,
+with an external ``checkpoint_score_fn(agent) -> float`` (a held-out
+evaluation, say), when that score beats the best snapshot's. With
+``confirm_windows = k > 0`` a candidate that would become the new best is first
+re-scored on ``k`` fresh windows of the validation pipeline (or ``k`` more calls
+of ``checkpoint_score_fn``); it is saved with the mean of those scores, and only
+if that mean still beats the best — so one lucky window cannot replace a good
+checkpoint. ``diagnostics`` (``loop.Diagnostics``) watches every window's
+training signals and responds to loss spikes, entropy collapse, KL drift and
+exploration collapse; its firings are in ``LoopResult.diagnostics``.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +61,7 @@ class LoopCallback:
     def on_dormant(self, window: int) -> None: ...
     def on_degradation(self, window: int, record: dict) -> None: ...
     def on_hyperparam_update(self, old: dict, new: dict) -> None: ...
+    def on_diagnostic(self, event: dict) -> None: ...
 
 
 @dataclass
@@ -62,6 +77,9 @@ class LoopResult:
     """Seconds: ``total``, ``learn`` (agent.learn), ``act`` (windows acted, train
     and validation), ``overhead`` (everything else: the loop itself), and
     ``checkpoint`` (the part of the overhead spent saving snapshots)."""
+    diagnostics: list[dict] = field(default_factory=list)
+    """One entry per diagnostic firing: ``window``, ``rule``, ``signal``,
+    ``detail`` and the ``actions`` taken (see ``loop.Diagnostics``)."""
 
     @property
     def best_score(self) -> float:
@@ -94,16 +112,41 @@ class RLOptimizer:
         rollback_on_degradation: bool = False,
         max_episodes: int | None = None,
         stop_when_dormant: bool = True,
+        min_episodes_before_dormant: int = 0,
+        target_score: float | None = None,
+        checkpoint_score_fn: Callable[[Any], float] | None = None,
+        confirm_windows: int = 0,
+        diagnostics=None,
         callbacks: tuple[LoopCallback, ...] | list[LoopCallback] = (),
         verbose: bool = False,
     ):
         check_agent(agent)
-        if max_episodes is not None and (
-            not isinstance(max_episodes, int) or max_episodes < 1
+        for name, value, low in (
+            ("max_episodes", max_episodes, 1),
+            ("min_episodes_before_dormant", min_episodes_before_dormant, 0),
+            ("confirm_windows", confirm_windows, 0),
         ):
+            if value is None and name == "max_episodes":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"RLOptimizer.{name}: expected an int >= {low}"
+                    f"{' or None' if name == 'max_episodes' else ''}, got {value!r}"
+                )
+        if target_score is not None and not math.isfinite(float(target_score)):
             raise ValueError(
-                f"RLOptimizer.max_episodes: expected an int >= 1 or None, got "
-                f"{max_episodes!r}"
+                f"RLOptimizer.target_score: expected a finite number or None, got "
+                f"{target_score!r}"
+            )
+        if checkpoint_score_fn is not None and not callable(checkpoint_score_fn):
+            raise ValueError(
+                "RLOptimizer.checkpoint_score_fn: expected a callable agent -> float"
+            )
+        if confirm_windows and val_pipeline is None and checkpoint_score_fn is None:
+            raise ValueError(
+                "RLOptimizer.confirm_windows: re-scoring needs fresh episodes — give "
+                "a val_pipeline (e.g. BatchPipeline(..., reset_each_window=True)) or "
+                "a checkpoint_score_fn"
             )
         self.agent = agent
         self.pipeline = pipeline
@@ -124,11 +167,17 @@ class RLOptimizer:
         self.rollback_on_degradation = rollback_on_degradation
         self.max_episodes = max_episodes
         self.stop_when_dormant = stop_when_dormant
+        self.min_episodes_before_dormant = min_episodes_before_dormant
+        self.target_score = None if target_score is None else float(target_score)
+        self.checkpoint_score_fn = checkpoint_score_fn
+        self.confirm_windows = confirm_windows
+        self.diagnostics = diagnostics
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.records: list[dict] = []
         self.sched_state = self.scheduler.init(self.scheduler_params)
         self._stop_reason: str | None = None
+        self._dormant_pending = False
         self.windows = 0
         self.env_steps = 0
 
@@ -166,12 +215,14 @@ class RLOptimizer:
         ``dormant``, ``degraded``) and ``hyperparams``.
         """
         self._stop_reason = None
+        self._val_windows = None
         current = _CurrentAgent(self)
         for pipeline in (self.pipeline, self.val_pipeline):
             if pipeline is not None and hasattr(pipeline, "setup"):
                 pipeline.setup()
         train_windows = self.pipeline.episodes(current)
         val_windows = self.val_pipeline.episodes(current) if self.val_pipeline else None
+        self._val_windows = val_windows
         timing = self._timing = {"learn": 0.0, "act": 0.0, "checkpoint": 0.0}
         started = time.perf_counter()
         since_eval = 0
@@ -194,6 +245,11 @@ class RLOptimizer:
                 timing["learn"] += t2 - t1
                 self.windows += 1
                 self.env_steps += data.num_steps
+                if self.diagnostics is not None:
+                    for event in self.diagnostics.observe(
+                        self, self.windows, learn_metrics, data
+                    ):
+                        self._fire("on_diagnostic", event)
                 since_eval += 1
                 record = None
                 if since_eval >= max(1, int(self.sched_state.interval)):
@@ -217,6 +273,7 @@ class RLOptimizer:
             windows=self.windows,
             env_steps=self.env_steps,
             timing=timing,
+            diagnostics=list(self.diagnostics.events) if self.diagnostics else [],
         )
         self._fire("on_loop_stop", self, result)
         return result
@@ -259,33 +316,69 @@ class RLOptimizer:
             )
         if self.policy_manager is not None:
             self.policy_manager.observe(self.agent, record)
-        if event["improved"]:
-            t0 = time.perf_counter()
-            snapshot = self.registry.save(
-                self.agent,
-                combined.primary_score,
-                hyperparams,
-                self.windows,
-                {k: v for k, v in combined.metrics.items() if isinstance(v, float)},
-            )
-            self._timing["checkpoint"] += time.perf_counter() - t0
-            if self.hparam_optimizer is not None:
-                self.hparam_optimizer.on_improvement(record)
-            self._fire("on_improvement", snapshot)
+        if self.checkpoint_score_fn is not None:
+            record["checkpoint_score"] = float(self.checkpoint_score_fn(self.agent))
+        checkpoint_score = record.get("checkpoint_score", combined.primary_score)
+        best = self.registry.best
+        beats_best = math.isfinite(checkpoint_score) and (
+            best is None or not checkpoint_score <= best.score
+        )
+        if event["improved"] or (self.checkpoint_score_fn is not None and beats_best):
+            score = checkpoint_score
+            if self.confirm_windows and beats_best and best is not None:
+                score = record["confirmed_score"] = self._confirm()
+                record["checkpoint"] = (
+                    "confirmed" if score > best.score else "unconfirmed"
+                )
+            if record.get("checkpoint") != "unconfirmed":
+                record.setdefault("checkpoint", "saved")
+                t0 = time.perf_counter()
+                snapshot = self.registry.save(
+                    self.agent,
+                    score,
+                    hyperparams,
+                    self.windows,
+                    {k: v for k, v in combined.metrics.items() if isinstance(v, float)},
+                )
+                self._timing["checkpoint"] += time.perf_counter() - t0
+                if self.hparam_optimizer is not None:
+                    self.hparam_optimizer.on_improvement(record)
+                self._fire("on_improvement", snapshot)
+        if self.target_score is not None and checkpoint_score >= self.target_score:
+            reached = checkpoint_score
+            if self.confirm_windows:
+                reached = record.get("confirmed_score")
+                if reached is None:
+                    reached = record["confirmed_score"] = self._confirm()
+            if reached >= self.target_score:
+                self.stop(
+                    f"target_score reached: {reached:.6g} >= {self.target_score:.6g}"
+                )
         if event["plateau"]:
             self._fire("on_plateau", self.windows, record["state"])
         if event["degraded"]:
             if self.rollback_on_degradation and self.registry.best is not None:
                 self.registry.load_best(self.agent)
             self._fire("on_degradation", self.windows, record)
+        # DORMANT before min_episodes_before_dormant windows is deferred: it is
+        # acted on at the first evaluation after that, unless the scheduler has
+        # left DORMANT / WATCHDOG (an improvement or a degradation) by then.
         if event["dormant"]:
-            self._fire("on_dormant", self.windows)
-            if self.hparam_optimizer is not None:
-                self.hparam_optimizer.on_plateau(record)
-            if self.policy_manager is not None:
-                self.policy_manager.on_dormant(self)
-            elif self.stop_when_dormant:
-                self.stop("DORMANT: converged (no improvement beyond the noise)")
+            self._dormant_pending = True
+        elif record["state"] in ("ACTIVE", "COOLING"):
+            self._dormant_pending = False
+        if self._dormant_pending:
+            if self.windows < self.min_episodes_before_dormant:
+                record["dormant_deferred"] = True
+            else:
+                self._dormant_pending = False
+                self._fire("on_dormant", self.windows)
+                if self.hparam_optimizer is not None:
+                    self.hparam_optimizer.on_plateau(record)
+                if self.policy_manager is not None:
+                    self.policy_manager.on_dormant(self)
+                elif self.stop_when_dormant and self._stop_reason is None:
+                    self.stop("DORMANT: converged (no improvement beyond the noise)")
         if self.hparam_optimizer is not None and self._stop_reason is None:
             old = self.agent.get_hyperparams()
             new = self.hparam_optimizer.suggest(old, record)
@@ -293,6 +386,20 @@ class RLOptimizer:
                 self.agent.set_hyperparams(new)
                 self._fire("on_hyperparam_update", old, new)
         return record
+
+    def _confirm(self) -> float:
+        """Mean score of ``confirm_windows`` fresh evaluations of the agent."""
+        scores = []
+        for _ in range(self.confirm_windows):
+            if self.checkpoint_score_fn is not None:
+                scores.append(float(self.checkpoint_score_fn(self.agent)))
+                continue
+            t0 = time.perf_counter()
+            data = next(self._val_windows)
+            self._timing["act"] += time.perf_counter() - t0
+            scores.append(self.evaluator.score(data).primary_score)
+        finite = [x for x in scores if math.isfinite(x)]
+        return sum(finite) / len(finite) if finite else math.nan
 
     def _fire(self, event: str, *args) -> None:
         for callback in self.callbacks:

@@ -9,6 +9,7 @@ Arrays are laid out ``[window_steps, num_envs, ...]``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,9 +26,98 @@ __all__ = [
     "EpisodeData",
     "LivePipeline",
     "every_n_seconds",
+    "episode_length",
     "every_n_steps",
     "on_episode_end",
+    "window_steps_for",
 ]
+
+# Environment steps per window, per episode length, by algorithm (tensor-optix
+# 1.17.9, ``tensor_optix/utils/window_size.py``): on-policy learners want several
+# episodes per window for their advantage estimates; off-policy ones learn from
+# a replay buffer, and one episode per window is enough.
+_EPISODES_PER_WINDOW = {
+    "ppo": 4.0,
+    "recurrent_ppo": 4.0,
+    "dqn": 1.0,
+    "sac": 1.0,
+    "td3": 1.0,
+}
+
+
+def episode_length(
+    env_id: str,
+    env_kwargs: dict | None = None,
+    *,
+    calibrate: bool = False,
+    num_envs: int = 16,
+    seed: int = 0,
+) -> int:
+    """An environment's episode length in steps: its ``max_steps_in_episode``
+    limit, or with ``calibrate`` (and for an environment without a limit) the
+    mean length of ``num_envs`` episodes of uniformly random actions, run in one
+    compiled scan of at most 10,000 steps (episodes that do not end by then count
+    as 10,000 steps long)."""
+    env, env_params = _make_env(PPOConfig(env_id=env_id, env_kwargs=env_kwargs or {}))
+    limit = getattr(env_params, "max_steps_in_episode", None)
+    if limit is not None and not calibrate:
+        return int(limit)
+    horizon = int(min(limit or 10_000, 10_000))
+    space = env.action_space(env_params)
+
+    def rollout(key):
+        k_reset, k_run = jax.random.split(key)
+        keys = jax.random.split(k_reset, num_envs)
+        _, state = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+
+        def step(carry, key):
+            state, length, alive = carry
+            k_act, k_env = jax.random.split(key)
+            actions = jax.vmap(space.sample)(jax.random.split(k_act, num_envs))
+            _, state, _, terminated, truncated, _ = jax.vmap(
+                env.step, in_axes=(0, 0, 0, None)
+            )(jax.random.split(k_env, num_envs), state, actions, env_params)
+            length = length + alive
+            alive = alive & ~(terminated | truncated)
+            return (state, length, alive), None
+
+        init = (state, jnp.zeros(num_envs, jnp.int32), jnp.ones(num_envs, bool))
+        (_, length, _), _ = jax.lax.scan(step, init, jax.random.split(k_run, horizon))
+        return length
+
+    lengths = np.asarray(jax.jit(rollout)(jax.random.key(seed)))
+    return max(1, int(round(float(lengths.mean()))))
+
+
+def window_steps_for(
+    env_id: str,
+    num_envs: int,
+    algorithm: str = "ppo",
+    *,
+    min_steps: int = 512,
+    max_steps: int = 8192,
+    env_kwargs: dict | None = None,
+    calibrate: bool = False,
+) -> int:
+    """Steps per environment of a training window sized from the episode length:
+    ``ceil(clip(k * episode_length, min_steps, max_steps) / num_envs)``, with
+    ``k`` episodes per window by algorithm (4 for PPO, 1 for DQN / SAC / TD3;
+    2 for any other name) — tensor-optix's rule, with the total spread over
+    ``num_envs`` vmapped environments. CartPole with 8 environments and PPO:
+    ``ceil(2000 / 8) = 250``."""
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(
+            f"window_steps_for.num_envs: expected an int >= 1, got {num_envs!r}"
+        )
+    if not 1 <= min_steps <= max_steps:
+        raise ValueError(
+            f"window_steps_for: expected 1 <= min_steps <= max_steps, got "
+            f"{min_steps} and {max_steps}"
+        )
+    k = _EPISODES_PER_WINDOW.get(algorithm.lower().replace("-", "_"), 2.0)
+    length = episode_length(env_id, env_kwargs, calibrate=calibrate)
+    total = min(max(k * length, min_steps), max_steps)
+    return math.ceil(total / num_envs)
 
 
 @dataclass
@@ -69,7 +159,9 @@ class BatchPipeline:
     environments (auto-reset inside; no reset between windows unless
     ``reset_each_window``, which a validation pipeline wants: fresh episodes of
     the current policy, e.g. ``window_steps`` = the episode limit; then only
-    each environment's first episode is scored).
+    each environment's first episode is scored). ``window_steps="auto"`` is the
+    episode length (``episode_length``): one whole episode per environment; for a
+    training window sized by algorithm see ``window_steps_for``.
 
     With an agent that offers ``jax_policy()`` (``PPOAgent``, ``EnsembleAgent``
     of such agents) the whole window is one compiled ``lax.scan``; with any other
@@ -80,12 +172,14 @@ class BatchPipeline:
         self,
         env_id: str = "CartPole-v1",
         num_envs: int = 8,
-        window_steps: int = 128,
+        window_steps: int | str = 128,
         seed: int = 0,
         *,
         reset_each_window: bool = False,
         env_kwargs: dict | None = None,
     ):
+        if window_steps == "auto":
+            window_steps = episode_length(env_id, env_kwargs)
         for name, value in (("num_envs", num_envs), ("window_steps", window_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
