@@ -202,3 +202,30 @@ def test_degrading_stream_is_caught_by_the_watchdog(streams):
     assert caught.mean() > 0.98
     # ...and not before the drop starts.
     assert degraded[:, :30].sum(1).mean() < 0.05
+
+
+def test_autocorrelated_noise_is_not_mistaken_for_improvement():
+    """AR(1) noise (rho = 0.8, unit variance): consecutive scores look like a
+    trend; the window-mean bound still claims little and the stream converges.
+    benchmarks/convergence_tests.py compares this with tensor-optix's tests."""
+    sched = backoff_scheduler(window=8)
+    params = BackoffParams(plateau_threshold=3, dormant_threshold=6)
+    rho, steps = 0.8, 60
+    e = jax.random.normal(jax.random.key(3), (400, steps))
+
+    def ar1(carry, e_t):
+        x = rho * carry + jnp.sqrt(1 - rho**2) * e_t
+        return x, x
+
+    noise = jax.lax.scan(ar1, e[:, 0], e[:, 1:].T)[1].T
+
+    def run(scores):
+        def body(state, s):
+            state, event = sched.step(state, s, params)
+            return state, (event.improved, event.dormant)
+
+        return jax.lax.scan(body, sched.init(params), scores)[1]
+
+    improved, dormant = (np.asarray(x) for x in jax.jit(jax.vmap(run))(noise))
+    assert improved[:, 10:].mean() < 0.08
+    assert dormant.any(1).all()
