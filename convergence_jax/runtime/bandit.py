@@ -1,11 +1,13 @@
 """The per-request bandit: select an arm per request, learn from each reward.
 
-State lives in SQLite (WAL mode), so several processes (web workers, batch jobs) can
-select and update the same bandit at once. The math is the pure Thompson-sampling
-core of ``convergence_jax.bandits`` (``beta_bernoulli`` or ``gaussian``, optionally
+State lives in a database that several processes (web workers, batch jobs, several
+servers) share: a SQLite file (WAL mode) on one machine, or a PostgreSQL server
+(``Runtime("postgresql://user@host/db")``, through psycopg 3) for servers on
+several machines. The math is the pure Thompson-sampling core of
+``convergence_jax.bandits`` (``beta_bernoulli`` or ``gaussian``, optionally
 discounted); this module is the shell that owns the database and the decisions.
 
-Tables:
+Tables (the same on both):
 
 - ``bandits``: name -> config (arms, kind, prior, discount, segment key) and version;
 - ``segments``: the posterior sufficient statistics of every (bandit, segment) and
@@ -14,14 +16,19 @@ Tables:
   time) that ``update`` fills with the reward.
 
 ``select`` reads the segment's statistics, draws one posterior sample per arm (the
-pure ``select``) and inserts its decision. ``update`` runs in one ``BEGIN IMMEDIATE``
-transaction: it checks the decision, applies the pure ``update`` to the statistics,
-writes them and marks the decision. Writers are serialized by SQLite, so no update
-is lost; a transaction is atomic, so a process killed mid-write leaves the previous
-consistent state; a second update of a decision changes nothing.
+pure ``select``) and inserts its decision. ``update`` runs in one write
+transaction: it checks the decision, applies the pure ``update`` to the
+statistics, writes them and marks the decision. On SQLite writers are serialized
+(an flock, then ``BEGIN IMMEDIATE``); on PostgreSQL the transaction locks the
+decision row, then the segment row (``SELECT ... FOR UPDATE``, always in that
+order), so it reads the statistics only once no other writer can change them.
+Either way no update is lost; a transaction is atomic, so a process killed
+mid-write leaves the previous consistent state; a second update of a decision
+changes nothing. ``select_many`` / ``update_many`` do the same for a batch in one
+transaction (``convergence-jax serve`` batches the requests that arrive together).
 
 A ``Runtime`` survives ``fork`` (a pre-fork server such as gunicorn ``--preload``):
-a child opens its own SQLite connections and its own descriptor of the lock file the
+a child opens its own connections and its own descriptor of the lock file the
 first time it uses them, so parent and children exclude each other; the parent's
 connections are never used nor closed in the child. (JAX itself does not survive a
 fork once XLA has started: fork before the first ``configure``/``select``/``update``
@@ -62,6 +69,8 @@ __all__ = [
     "Update",
     "configure_runtime",
     "default_db",
+    "is_postgres_url",
+    "runtime_expire",
     "runtime_select",
     "runtime_stats",
     "runtime_update",
@@ -177,7 +186,8 @@ _PROGRAMS_LOCK = threading.Lock()
 
 
 def _programs(kind: str, num_arms: int):
-    """(algorithm, jitted select, jitted update, jitted posterior_mean), cached."""
+    """(algorithm, jitted select, jitted update, jitted posterior_mean, jitted
+    select vmapped over seeds, counters and states), cached."""
     with _PROGRAMS_LOCK:
         found = _PROGRAMS.get((kind, num_arms))
         if found is None:
@@ -204,6 +214,8 @@ def _programs(kind: str, num_arms: int):
                 jax.jit(select),
                 jax.jit(update),
                 jax.jit(algo.posterior_mean),
+                # a batch of requests: one dispatch draws a row of arms
+                jax.jit(jax.vmap(select, in_axes=(0, 0, 0, None))),
             )
             _PROGRAMS[(kind, num_arms)] = found
         return found
@@ -314,6 +326,37 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_by_arm ON decisions (bandit, segment, arm);
 """
 
+# The same tables on PostgreSQL (times and rewards in double precision).
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bandits (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    created DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    bandit TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    updates BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (bandit, segment)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    bandit TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    arm INTEGER NOT NULL,
+    user_id TEXT,
+    context TEXT,
+    created DOUBLE PRECISION NOT NULL,
+    reward DOUBLE PRECISION,
+    updated DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS decisions_by_arm ON decisions (bandit, segment, arm);
+"""
+# pg_advisory_xact_lock key held while creating the tables or configuring a bandit
+_PG_SCHEMA_LOCK = 0x636F6E76  # "conv"
+
 
 def default_db() -> str:
     """``$CONVERGENCE_RUNTIME_DB``, else ``convergence_runtime.db``."""
@@ -400,18 +443,45 @@ def _prior(kind: str, prior: Mapping[str, float] | None, reward_range):
     return tuple(sorted(values.items()))
 
 
+def is_postgres_url(db) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) connection URL."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def _postgres():
+    try:
+        import psycopg
+    except ImportError:
+        raise ImportError(
+            "a postgresql:// runtime needs psycopg 3: pip install "
+            "'convergence_jax[postgres]' (or 'psycopg[binary]')"
+        ) from None
+    return psycopg
+
+
+# A PostgreSQL transaction that lost a deadlock or a serialization check is rolled
+# back by the server; the whole batch is then run again (at most this many times).
+_PG_RETRIES = 8
+_SELECT_CHUNK = 8  # a batch of selects is drawn by one vmapped program per 8 rows
+
+
 class Runtime:
-    """The runtime bandits of one SQLite database (one connection per thread).
+    """The runtime bandits of one database: a SQLite file or a PostgreSQL server.
 
     Args:
-      path: the database file (created with its tables if missing).
+      path: a SQLite file (created with its tables if missing), or a PostgreSQL
+        URL ``postgresql://user[:password]@host[:port]/dbname[?options]`` (the
+        tables are created in the connection's schema if missing; several
+        processes and machines may share it).
       seed: None draws selections from OS randomness; an int makes this instance's
         draws reproducible (``fold_in(key(seed), n)`` for its n-th selection).
-      timeout_s: how long a writer waits for the database lock.
+      timeout_s: how long a writer waits for the database lock (SQLite), or for a
+        connection (PostgreSQL).
     """
 
     def __init__(self, path: str | Path | None = None, *, seed=None, timeout_s=30.0):
         self.path = str(path if path is not None else default_db())
+        self.postgres = is_postgres_url(self.path)
         self.seed = seed
         self.timeout_s = float(timeout_s)
         self._local = threading.local()
@@ -420,28 +490,66 @@ class Runtime:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._lock_file: tuple[int, int] | None = None  # (pid that opened it, fd)
+        self._sql_cache: dict[str, str] = {}
         _RUNTIMES_ALIVE.add(self)
-        with self._conn() as conn:
-            conn.executescript(SCHEMA)
+        conn = self._conn()
+        if self.postgres:
+            # concurrent CREATE TABLE IF NOT EXISTS can collide in the catalogs:
+            # one process at a time creates the schema
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+                for statement in PG_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+        else:
+            with conn:
+                conn.executescript(SCHEMA)
 
     # -- plumbing
 
-    def _conn(self) -> sqlite3.Connection:
+    def _sql(self, text: str) -> str:
+        """``text`` in this database's placeholder style (``?`` or ``%s``)."""
+        if not self.postgres:
+            return text
+        found = self._sql_cache.get(text)
+        if found is None:
+            found = self._sql_cache[text] = text.replace("?", "%s")
+        return found
+
+    def _execute(self, conn, text: str, args=()):
+        return conn.execute(self._sql(text), args)
+
+    def _conn(self):
         """This thread's connection, opened by this process.
 
         A connection is tagged with the pid that opened it: a child forked from a
         process that already used this ``Runtime`` opens its own, and never uses the
-        parent's (SQLite forbids carrying a connection across ``fork``). The
-        inherited one is kept referenced, never closed, in the child (see
-        ``_INHERITED``)."""
+        parent's (neither SQLite nor libpq allows carrying a connection across
+        ``fork``). The inherited one is kept referenced, never closed, in the child
+        (see ``_INHERITED``)."""
         pid = os.getpid()
         handle = getattr(self._local, "handle", None)
         if handle is not None and handle.pid == pid:
             return handle.conn
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+        if self.postgres:
+            psycopg = _postgres()
+            try:
+                conn = psycopg.connect(
+                    self.path,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout_s)),
+                )
+            except psycopg.OperationalError as e:
+                raise RuntimeBanditError(
+                    f"cannot connect to {_redacted(self.path)}: {e}"
+                ) from None
+        else:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout_s, isolation_level=None
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         self._local.handle = _Connection(pid, conn)
         return conn
 
@@ -462,12 +570,18 @@ class Runtime:
 
     @contextlib.contextmanager
     def _writing(self):
-        """Hold this database's write lock: a thread lock, then an flock on
+        """SQLite: hold this database's write lock: a thread lock, then an flock on
         ``PATH.lock``. Writers then queue in the kernel and wake as soon as the lock
         is free, instead of polling in SQLite's busy handler (its sleeps of up to
         100 ms set the tail latency under contention). SQLite's own locking still
         guards the data; the kernel drops the flock of a killed process. Safe across
-        ``fork``: each process locks its own open file (``_lock_fd``)."""
+        ``fork``: each process locks its own open file (``_lock_fd``).
+
+        PostgreSQL: nothing; its row locks order the writers (see ``_update_in``).
+        """
+        if self.postgres:
+            yield
+            return
         with self._write_lock:
             pid = os.getpid()
             fd = self._lock_fd()
@@ -477,6 +591,39 @@ class Runtime:
             finally:
                 if os.getpid() == pid:  # a child forked in here must not unlock
                     fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _transaction(self, conn):
+        """One write transaction: SQLite ``BEGIN IMMEDIATE`` (the write lock is
+        taken at once), PostgreSQL ``BEGIN`` (row locks are taken as rows are
+        locked ``FOR UPDATE``); committed at the end, rolled back on any error."""
+        if self.postgres:
+            with conn.transaction():
+                yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _retrying(self, fn):
+        """``fn()``, run again when PostgreSQL aborted it for a deadlock or a
+        serialization failure (nothing of it was committed)."""
+        if not self.postgres:
+            return fn()
+        errors = _postgres().errors
+        for attempt in range(_PG_RETRIES):
+            try:
+                return fn()
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                if attempt == _PG_RETRIES - 1:
+                    raise
+                time.sleep(0.001 * 2**attempt * (1 + secrets.randbelow(100) / 100))
+        raise AssertionError("unreachable")
 
     def _after_fork_in_child(self) -> None:
         # the thread locks may have been held by a thread that does not exist here
@@ -499,12 +646,12 @@ class Runtime:
             self._configs[name] = cached
         return cached[1]
 
-    def _load(self, name: str) -> BanditConfig:
-        row = (
-            self._conn()
-            .execute("SELECT version, config FROM bandits WHERE name = ?", (name,))
-            .fetchone()
-        )
+    def _load(self, name: str, conn=None) -> BanditConfig:
+        row = self._execute(
+            conn or self._conn(),
+            "SELECT version, config FROM bandits WHERE name = ?",
+            (name,),
+        ).fetchone()
         if row is None:
             raise UnknownBanditError(self._unknown(name))
         return self._config(name, *row)
@@ -520,7 +667,7 @@ class Runtime:
     # -- API
 
     def names(self) -> list[str]:
-        rows = self._conn().execute("SELECT name FROM bandits ORDER BY name")
+        rows = self._execute(self._conn(), "SELECT name FROM bandits ORDER BY name")
         return [r[0] for r in rows]
 
     def configure(
@@ -580,18 +727,20 @@ class Runtime:
         config = BanditConfig.from_json(config.to_json())  # as stored
         conn = self._conn()
         with self._writing():
-            self._configure_in(conn, name, config, replace)
+            self._retrying(lambda: self._configure_in(conn, name, config, replace))
         _programs(config.kind, config.num_arms)
         return config
 
     def _configure_in(self, conn, name, config, replace) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT config, version FROM bandits WHERE name = ?", (name,)
+        with self._transaction(conn):
+            if self.postgres:  # two servers configuring at start: one at a time
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+            row = self._execute(
+                conn, "SELECT config, version FROM bandits WHERE name = ?", (name,)
             ).fetchone()
             if row is None:
-                conn.execute(
+                self._execute(
+                    conn,
                     "INSERT INTO bandits (name, config, created) VALUES (?, ?, ?)",
                     (name, config.to_json(), time.time()),
                 )
@@ -609,17 +758,15 @@ class Runtime:
                         "pass replace=True to reset it (its posteriors and decisions "
                         "are deleted)"
                     )
-                conn.execute(
+                self._execute(
+                    conn,
                     "UPDATE bandits SET config = ?, version = version + 1 "
                     "WHERE name = ?",
                     (config.to_json(), name),
                 )
-                conn.execute("DELETE FROM segments WHERE bandit = ?", (name,))
-                conn.execute("DELETE FROM decisions WHERE bandit = ?", (name,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                # decisions before segments: the order in which updates lock them
+                self._execute(conn, "DELETE FROM decisions WHERE bandit = ?", (name,))
+                self._execute(conn, "DELETE FROM segments WHERE bandit = ?", (name,))
 
     def segment_of(self, config: BanditConfig, user_id, context) -> str:
         if config.segment_key is None:
@@ -637,121 +784,252 @@ class Runtime:
         context: Mapping[str, Any] | None = None,
     ) -> Selection:
         """Draw an arm for one request and record the decision."""
-        if context is not None and not isinstance(context, Mapping):
-            raise RuntimeBanditError(f"context must be a dict, got {context!r}")
-        if user_id is not None and not isinstance(user_id, str | int):
-            raise RuntimeBanditError(f"user_id must be a string, got {user_id!r}")
-        try:
-            context_json = json.dumps(context) if context is not None else None
-        except TypeError as e:
-            raise RuntimeBanditError(f"context must be JSON: {e}") from None
+        (result,) = self.select_many([(name, user_id, context)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def select_many(
+        self, requests: Sequence[tuple[str, Any, Mapping[str, Any] | None]]
+    ) -> list[Selection | RuntimeBanditError]:
+        """``select`` for a batch of ``(name, user_id, context)`` requests at once:
+        one read of each segment's statistics, one vmapped draw per 8 requests of
+        a bandit, one transaction recording all the decisions. Each request's
+        answer is its ``Selection``, or the ``RuntimeBanditError`` that ``select``
+        would raise for it (a database error fails the whole batch)."""
+        out: list[Any] = [None] * len(requests)
         conn = self._conn()
-        row = conn.execute(
-            "SELECT b.version, b.config, s.stats FROM bandits b LEFT JOIN segments s "
-            "ON s.bandit = b.name AND s.segment = ? WHERE b.name = ?",
-            (DEFAULT_SEGMENT, name),
-        ).fetchone()
-        if row is None:
-            raise UnknownBanditError(self._unknown(name))
-        config = self._config(name, row[0], row[1])
-        segment = self.segment_of(config, user_id, context)
-        stats = row[2]
-        if segment != DEFAULT_SEGMENT:
-            found = conn.execute(
-                "SELECT stats FROM segments WHERE bandit = ? AND segment = ?",
-                (name, segment),
-            ).fetchone()
-            stats = found[0] if found else None
-        _, select, _, _ = _programs(config.kind, config.num_arms)
-        seed, n = self._seed()
-        state = _state(config, stats)
-        arm = int(select(np.uint32(seed), np.uint32(n), state, config.params))
-        decision_id = uuid.uuid4().hex
-        with self._writing():
-            conn.execute(
+        configs: dict[str, BanditConfig | RuntimeBanditError] = {}
+        stats: dict[tuple[str, str], str | None] = {}
+        todo: dict[str, list] = {}  # bandit -> [(index, segment, user, context)]
+        for i, (name, user_id, context) in enumerate(requests):
+            if context is not None and not isinstance(context, Mapping):
+                out[i] = RuntimeBanditError(f"context must be a dict, got {context!r}")
+                continue
+            if user_id is not None and not isinstance(user_id, str | int):
+                out[i] = RuntimeBanditError(
+                    f"user_id must be a string, got {user_id!r}"
+                )
+                continue
+            try:
+                context_json = json.dumps(context) if context is not None else None
+            except TypeError as e:
+                out[i] = RuntimeBanditError(f"context must be JSON: {e}")
+                continue
+            if name not in configs:
+                try:
+                    configs[name] = self._load(name, conn)
+                except UnknownBanditError as e:
+                    configs[name] = e
+            config = configs[name]
+            if isinstance(config, Exception):
+                out[i] = config
+                continue
+            segment = self.segment_of(config, user_id, context)
+            if (name, segment) not in stats:
+                found = self._execute(
+                    conn,
+                    "SELECT stats FROM segments WHERE bandit = ? AND segment = ?",
+                    (name, segment),
+                ).fetchone()
+                stats[(name, segment)] = found[0] if found else None
+            user = None if user_id is None else str(user_id)
+            todo.setdefault(name, []).append((i, segment, user, context_json))
+        rows = []
+        now = time.time()
+        for name, items in todo.items():
+            config = configs[name]
+            states = [_state(config, stats[(name, s)]) for _, s, _, _ in items]
+            arms = _draw(config, states, [self._seed() for _ in items])
+            for (i, segment, user, context_json), arm in zip(items, arms, strict=True):
+                decision_id = uuid.uuid4().hex
+                rows.append((decision_id, name, segment, arm, user, context_json, now))
+                out[i] = Selection(
+                    decision_id, dict(config.arms[arm]), config.names[arm], segment
+                )
+        if rows:
+            insert = self._sql(
                 "INSERT INTO decisions (id, bandit, segment, arm, user_id, context, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    decision_id,
-                    name,
-                    segment,
-                    arm,
-                    None if user_id is None else str(user_id),
-                    context_json,
-                    time.time(),
-                ),
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?)"
             )
-        return Selection(
-            decision_id, dict(config.arms[arm]), config.names[arm], segment
-        )
+            with self._writing(), self._transaction(conn):
+                if self.postgres:
+                    with conn.cursor() as cursor:
+                        cursor.executemany(insert, rows)
+                else:
+                    conn.executemany(insert, rows)
+        return out
 
     def update(self, name: str, decision_id: str, reward: float) -> Update:
         """Apply a decision's reward once (a repeat with the same reward is a no-op)."""
-        config = self._load(name)
-        reward = config.check_reward(reward)
-        if not isinstance(decision_id, str):
-            raise UnknownDecisionError(
-                f"decision_id must be a string, got {decision_id!r}"
-            )
-        conn = self._conn()
-        _, _, update, _ = _programs(config.kind, config.num_arms)
-        with self._writing():
-            return self._update_in(conn, update, config, name, decision_id, reward)
+        (result,) = self.update_many([(name, decision_id, reward)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def _update_in(self, conn, update, config, name, decision_id, reward) -> Update:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT bandit, segment, arm, reward FROM decisions WHERE id = ?",
-                (decision_id,),
-            ).fetchone()
-            if row is None or row[0] != name:
-                where = "" if row is None else f" (it belongs to bandit {row[0]!r})"
-                raise UnknownDecisionError(
-                    f"no decision {decision_id!r} for bandit {name!r}{where} "
-                    "(never made, or expired while pending)"
+    def update_many(
+        self, items: Sequence[tuple[str, str, float]]
+    ) -> list[Update | RuntimeBanditError]:
+        """``update`` for a batch of ``(name, decision_id, reward)`` in one write
+        transaction, applied in order (so a decision repeated in the batch is
+        applied once). Each item's answer is its ``Update``, or the
+        ``RuntimeBanditError`` that ``update`` would raise for it (a database error
+        fails the whole batch, and nothing of it is written)."""
+        out: list[Any] = [None] * len(items)
+        conn = self._conn()
+        configs: dict[str, BanditConfig | RuntimeBanditError] = {}
+        valid = []
+        for i, (name, decision_id, reward) in enumerate(items):
+            if name not in configs:
+                try:
+                    configs[name] = self._load(name, conn)
+                except UnknownBanditError as e:
+                    configs[name] = e
+            config = configs[name]
+            if isinstance(config, Exception):
+                out[i] = config
+                continue
+            try:
+                reward = config.check_reward(reward)
+            except RewardError as e:
+                out[i] = e
+                continue
+            if not isinstance(decision_id, str):
+                out[i] = UnknownDecisionError(
+                    f"decision_id must be a string, got {decision_id!r}"
                 )
-            _, segment, arm, previous = row
-            if previous is not None:
-                conn.execute("ROLLBACK")
-                if previous == reward:
-                    return Update(decision_id, False, config.names[arm], segment)
-                raise DecisionConflictError(
-                    f"decision {decision_id!r} already has reward {previous}; got "
-                    f"{reward}"
+                continue
+            valid.append((i, name, config, decision_id, reward))
+        if valid:
+            with self._writing():
+                results = self._retrying(lambda: self._update_in(conn, valid))
+            for i, result in results.items():
+                out[i] = result
+        return out
+
+    def _update_in(self, conn, valid) -> dict[int, Update | RuntimeBanditError]:
+        """One transaction for the batch. PostgreSQL: the decisions are locked
+        first (``FOR UPDATE``, in id order), then the segments they touch (in
+        (bandit, segment) order): every writer locks in the same order, so two
+        servers never deadlock, and a segment's statistics are read only once its
+        lock is held (no lost update); a decision being rewarded by another server
+        is waited for, then seen rewarded (idempotent)."""
+        results: dict[int, Any] = {}
+        lock = " FOR UPDATE" if self.postgres else ""
+        with self._transaction(conn):
+            ids = sorted({d for _, _, _, d, _ in valid})
+            if self.postgres:
+                rows = conn.execute(
+                    "SELECT id, bandit, segment, arm, reward FROM decisions "
+                    "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    (ids,),
+                ).fetchall()
+            else:
+                select = (
+                    "SELECT id, bandit, segment, arm, reward FROM decisions "
+                    "WHERE id = ?"
                 )
-            found = conn.execute(
-                "SELECT stats FROM segments WHERE bandit = ? AND segment = ?",
-                (name, segment),
-            ).fetchone()
-            state = _state(config, found[0] if found else None)
-            state = update(state, arm, reward, config.params)
-            conn.execute(
-                "INSERT INTO segments (bandit, segment, stats, updates) "
-                "VALUES (?, ?, ?, 1) ON CONFLICT (bandit, segment) DO UPDATE SET "
-                "stats = excluded.stats, updates = updates + 1",
-                (name, segment, _stats_json(state)),
+                rows = [
+                    row for d in ids if (row := conn.execute(select, (d,)).fetchone())
+                ]
+            decisions = {row[0]: list(row[1:]) for row in rows}
+            needed = sorted(
+                {
+                    (name, decisions[d][1])
+                    for _, name, _, d, _ in valid
+                    if d in decisions and decisions[d][0] == name
+                }
             )
-            conn.execute(
-                "UPDATE decisions SET reward = ?, updated = ? WHERE id = ?",
-                (reward, time.time(), decision_id),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return Update(decision_id, True, config.names[arm], segment)
+            states, applied = {}, {}
+            configs = {name: config for _, name, config, _, _ in valid}
+            for name, segment in needed:
+                found = self._execute(
+                    conn,
+                    "SELECT stats FROM segments WHERE bandit = ? AND segment = ?"
+                    + lock,
+                    (name, segment),
+                ).fetchone()
+                if found is None and self.postgres:
+                    # a new segment: insert its row (another server may do so at
+                    # once: the loser waits on the row, then locks it) and lock it
+                    conn.execute(
+                        "INSERT INTO segments (bandit, segment, stats, updates) "
+                        "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
+                        (name, segment, _stats_json(_state(configs[name], None))),
+                    )
+                    found = conn.execute(
+                        "SELECT stats FROM segments WHERE bandit = %s AND "
+                        "segment = %s FOR UPDATE",
+                        (name, segment),
+                    ).fetchone()
+                states[(name, segment)] = _state(
+                    configs[name], found[0] if found else None
+                )
+                applied[(name, segment)] = 0
+            marks = []
+            now = time.time()
+            for i, name, config, decision_id, reward in valid:
+                row = decisions.get(decision_id)
+                if row is None or row[0] != name:
+                    where = "" if row is None else f" (it belongs to bandit {row[0]!r})"
+                    results[i] = UnknownDecisionError(
+                        f"no decision {decision_id!r} for bandit {name!r}{where} "
+                        "(never made, or expired while pending)"
+                    )
+                    continue
+                _, segment, arm, previous = row
+                if previous is not None:
+                    if previous == reward:
+                        results[i] = Update(
+                            decision_id, False, config.names[arm], segment
+                        )
+                    else:
+                        results[i] = DecisionConflictError(
+                            f"decision {decision_id!r} already has reward "
+                            f"{previous}; got {reward}"
+                        )
+                    continue
+                update = _programs(config.kind, config.num_arms)[2]
+                key = (name, segment)
+                states[key] = update(states[key], arm, reward, config.params)
+                applied[key] += 1
+                row[3] = reward  # a repeat later in this batch is a no-op
+                marks.append((reward, now, decision_id))
+                results[i] = Update(decision_id, True, config.names[arm], segment)
+            writes = [
+                (name, segment, _stats_json(states[(name, segment)]), n)
+                for (name, segment), n in applied.items()
+                if n
+            ]
+            if writes:
+                upsert = self._sql(
+                    "INSERT INTO segments (bandit, segment, stats, updates) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (bandit, segment) DO UPDATE SET "
+                    "stats = excluded.stats, updates = segments.updates + "
+                    "excluded.updates"
+                )
+                mark = self._sql(
+                    "UPDATE decisions SET reward = ?, updated = ? WHERE id = ?"
+                )
+                if self.postgres:
+                    with conn.cursor() as cursor:
+                        cursor.executemany(upsert, writes)
+                        cursor.executemany(mark, marks)
+                else:
+                    conn.executemany(upsert, writes)
+                    conn.executemany(mark, marks)
+        return results
 
     def stats(self, name: str) -> dict[str, Any]:
         """Decisions, updates, and per segment and arm: selections, updates, mean
         reward and posterior mean."""
-        config = self._load(name)
         conn = self._conn()
-        _, _, _, posterior_mean = _programs(config.kind, config.num_arms)
+        config = self._load(name, conn)
+        _, _, _, posterior_mean, _ = _programs(config.kind, config.num_arms)
         params = config.params
         counts: dict[str, dict[int, tuple]] = {}
-        for segment, arm, n, m, mean in conn.execute(
+        for segment, arm, n, m, mean in self._execute(
+            conn,
             "SELECT segment, arm, COUNT(*), COUNT(reward), AVG(reward) FROM decisions "
             "WHERE bandit = ? GROUP BY segment, arm",
             (name,),
@@ -759,7 +1037,8 @@ class Runtime:
             counts.setdefault(segment, {})[arm] = (n, m, mean)
         posterior = {
             segment: (stats, updates)
-            for segment, stats, updates in conn.execute(
+            for segment, stats, updates in self._execute(
+                conn,
                 "SELECT segment, stats, updates FROM segments WHERE bandit = ?",
                 (name,),
             )
@@ -777,7 +1056,7 @@ class Runtime:
                         "params": config.arms[i],
                         "selections": n,
                         "updates": m,
-                        "mean_reward": mean,
+                        "mean_reward": None if mean is None else float(mean),
                         "posterior_mean": means[i],
                     }
                 )
@@ -814,10 +1093,13 @@ class Runtime:
             )
         conn = self._conn()
         with self._writing():
-            cursor = conn.execute(
-                "DELETE FROM decisions WHERE bandit = ? AND reward IS NULL "
-                "AND created < ?",
-                (name, time.time() - older_than_s),
+            cursor = self._retrying(
+                lambda: self._execute(
+                    conn,
+                    "DELETE FROM decisions WHERE bandit = ? AND reward IS NULL "
+                    "AND created < ?",
+                    (name, time.time() - older_than_s),
+                )
             )
         return cursor.rowcount
 
@@ -831,13 +1113,48 @@ class Runtime:
                 handle.conn.close()
 
 
+def _draw(config: BanditConfig, states: list, seeds: list[tuple[int, int]]) -> list:
+    """One arm per state: the jitted pure ``select`` for one, else the vmapped one
+    on chunks of ``_SELECT_CHUNK`` rows (the last padded), one dispatch per chunk."""
+    _, select, _, _, select_batch = _programs(config.kind, config.num_arms)
+    if len(states) == 1:
+        (seed, n), (state,) = seeds[0], states
+        return [int(select(np.uint32(seed), np.uint32(n), state, config.params))]
+    arms = []
+    for start in range(0, len(states), _SELECT_CHUNK):
+        chunk = states[start : start + _SELECT_CHUNK]
+        pad = _SELECT_CHUNK - len(chunk)
+        chunk = chunk + [chunk[-1]] * pad
+        stacked = type(chunk[0])(
+            **{
+                k: np.stack([getattr(s, k) for s in chunk])
+                for k in type(chunk[0]).__dataclass_fields__
+            }
+        )
+        part = seeds[start : start + _SELECT_CHUNK]
+        part = part + [part[-1]] * pad
+        seed = np.asarray([s for s, _ in part], np.uint32)
+        n = np.asarray([k for _, k in part], np.uint32)
+        drawn = np.asarray(select_batch(seed, n, stacked, config.params))
+        arms += [int(a) for a in drawn[: _SELECT_CHUNK - pad]]
+    return arms
+
+
+def _redacted(url: str) -> str:
+    """A connection URL without its password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
 # ------------------------------------------------------------------------ module API
 
 _RUNTIMES: dict[tuple[int, str], Runtime] = {}
 
 
 def _runtime(db: str | Path | None) -> Runtime:
-    path = str(Path(db if db is not None else default_db()).resolve())
+    db = db if db is not None else default_db()
+    path = db if is_postgres_url(db) else str(Path(db).resolve())
     key = (os.getpid(), path)
     runtime = _RUNTIMES.get(key)
     if runtime is None:
@@ -862,8 +1179,8 @@ def configure_runtime(name: str, arms=None, *, db=None, **kwargs) -> BanditConfi
       segment_key: a context field (or "user_id") whose value picks a segment; each
         segment has its own posteriors over the same arms.
       replace: reset an existing bandit whose config differs.
-      db: the SQLite file (default ``$CONVERGENCE_RUNTIME_DB`` or
-        ``convergence_runtime.db``).
+      db: the SQLite file or a ``postgresql://`` URL (default
+        ``$CONVERGENCE_RUNTIME_DB`` or ``convergence_runtime.db``).
     """
     return _runtime(db).configure(name, arms, **kwargs)
 

@@ -1,5 +1,6 @@
-"""The runtime bandit on SQLite: math from the pure core, errors, segments,
-several processes at once, and kill -9 mid-write."""
+"""The runtime bandit on SQLite and on PostgreSQL (the ``db`` fixture runs each test
+on both): math from the pure core, errors, segments, several processes at once,
+and kill -9 mid-write."""
 
 import json
 import math
@@ -38,24 +39,37 @@ ARMS = {"low": {"temperature": 0.2}, "mid": {"temperature": 0.7}, "high": {"t": 
 
 
 @pytest.fixture
-def rt(tmp_path):
-    runtime = Runtime(tmp_path / "rt.db", seed=0)
+def rt(db):
+    runtime = Runtime(db, seed=0)
     yield runtime
     runtime.close()
 
 
-def consistent(path, name):
+def connect(db):
+    """A plain connection of the backend's own driver (not the runtime's)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        return psycopg.connect(db, autocommit=True), "%s"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    return conn, "?"
+
+
+def consistent(db, name):
     """Cross-table invariants that one transaction per update keeps."""
-    conn = sqlite3.connect(path)
+    conn, mark = connect(str(db))
     try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rewarded = conn.execute(
-            "SELECT COUNT(*) FROM decisions WHERE bandit = ? AND reward IS NOT NULL",
+            "SELECT COUNT(*) FROM decisions WHERE bandit = ? AND reward IS NOT NULL".replace(
+                "?", mark
+            ),
             (name,),
         ).fetchone()[0]
         applied, mass = 0, 0.0
         for stats, updates in conn.execute(
-            "SELECT stats, updates FROM segments WHERE bandit = ?", (name,)
+            "SELECT stats, updates FROM segments WHERE bandit = ?".replace("?", mark),
+            (name,),
         ):
             s = json.loads(stats)
             applied += updates
@@ -205,13 +219,15 @@ def test_segments_have_their_own_posteriors_and_space_arms(rt):
     assert rt.select("by_user", user_id="u7").segment == "u7"
 
 
-def test_module_functions_use_the_default_db(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVERGENCE_RUNTIME_DB", str(tmp_path / "env.db"))
+def test_module_functions_use_the_default_db(db, monkeypatch):
+    monkeypatch.setenv("CONVERGENCE_RUNTIME_DB", db)
     configure_runtime("m", ["a", "b"])
     choice = runtime_select("m", user_id="u")
     assert runtime_update("m", choice.decision_id, 0.5).applied
     assert runtime_stats("m")["updates"] == 1
-    assert (tmp_path / "env.db").is_file()
+    assert Runtime(db).stats("m")["updates"] == 1  # it is this database
+    if not db.startswith("postgresql://"):
+        assert Path(db).is_file()
 
 
 WORKER = textwrap.dedent(
@@ -238,8 +254,7 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_several_processes_lose_no_update(tmp_path):
-    db = tmp_path / "rt.db"
+def test_several_processes_lose_no_update(db, tmp_path):
     rt = Runtime(db)
     rt.configure("p", ARMS)
     shared = [rt.select("p").decision_id for _ in range(40)]
@@ -370,8 +385,8 @@ def test_a_forked_child_reopens_the_lock_and_serializes_with_its_parent(tmp_path
 
 
 @pytest.mark.filterwarnings("ignore:os.fork")
-def test_a_forked_child_opens_its_own_connection_in_every_thread(tmp_path):
-    rt = Runtime(tmp_path / "rt.db")
+def test_a_forked_child_opens_its_own_connection_in_every_thread(db):
+    rt = Runtime(db)
     parent_conn = rt._conn()
     pid = os.fork()
     if pid == 0:  # SQLite only here: this process may have started XLA's threads
@@ -404,8 +419,7 @@ KILLED = textwrap.dedent(
 )
 
 
-def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path):
-    db = tmp_path / "rt.db"
+def test_kill_9_mid_write_leaves_a_consistent_database(db):
     rt = Runtime(db)
     rt.configure("p", ARMS)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -463,3 +477,73 @@ def test_expire_deletes_only_stale_pending_decisions(rt, monkeypatch):
     configure_runtime("m", ARMS, db=rt.path)
     runtime_select("m", db=rt.path)
     assert runtime_expire("m", 0.0, db=rt.path) == 1
+
+
+def test_batches_answer_each_request_as_one_call_would(rt):
+    rt.configure("p", ARMS, segment_key="country")
+    rt.configure("g", ["a", "b"], bandit="gaussian", reward_range=(-1.0, 1.0))
+    requests = [("p", "u1", {"country": "us"}), ("nope", None, None)]
+    requests += [("p", None, {"country": "fr"})] * 9 + [("g", None, None)] * 3
+    requests += [("p", None, "not a dict")]
+    out = rt.select_many(requests)
+    assert isinstance(out[1], UnknownBanditError) and "no bandit 'nope'" in str(out[1])
+    assert isinstance(out[-1], RuntimeBanditError) and "context must be a dict" in str(
+        out[-1]
+    )
+    chosen = [c for c in out if not isinstance(c, Exception)]
+    assert [c.segment for c in chosen] == ["us"] + ["fr"] * 9 + ["default"] * 3
+    assert all(c.params == ARMS[c.arm] for c in chosen[:10])
+    assert len({c.decision_id for c in chosen}) == 13
+    first, second = chosen[1].decision_id, chosen[2].decision_id
+    items = [
+        ("p", first, 1.0),
+        ("p", first, 1.0),  # a repeat in the same batch: a no-op
+        ("p", second, 0.0),
+        ("p", second, 1.0),  # another reward in the same batch: a conflict
+        ("p", "nope", 1.0),
+        ("p", chosen[3].decision_id, 2.0),
+        ("g", chosen[-1].decision_id, 0.5),
+        ("g", first, 0.5),  # a decision of another bandit
+    ]
+    done = rt.update_many(items)
+    assert [getattr(d, "applied", None) for d in done] == [
+        True, False, True, None, None, None, True, None,
+    ]  # fmt: skip
+    assert isinstance(done[3], DecisionConflictError)
+    assert isinstance(done[4], UnknownDecisionError)
+    assert isinstance(done[5], RewardError)
+    assert "belongs to bandit 'p'" in str(done[7])
+    stats = rt.stats("p")
+    assert stats["updates"] == 2 and stats["segments"]["fr"]["updates"] == 2
+    assert stats["decisions"] == 10 and rt.stats("g")["updates"] == 1
+    assert consistent(rt.path, "p") == 2
+    # the batch's posterior equals one update at a time (the same pure updates)
+    rt.configure("q", ARMS, gamma=0.8)
+    rt.configure("r", ARMS, gamma=0.8)
+    picks = {}
+    for name in ("q", "r"):
+        picks[name] = [rt.select(name) for _ in range(12)]
+    rewards = [float(k % 3 == 0) for k in range(12)]
+    for c, r in zip(picks["q"], rewards, strict=True):
+        rt.update("q", c.decision_id, r)
+    # the same arms for r: rewrite its decisions' arms to q's
+    conn, mark = connect(rt.path)
+    with conn:
+        for cq, cr in zip(picks["q"], picks["r"], strict=True):
+            arm = list(ARMS).index(cq.arm)
+            conn.execute(
+                "UPDATE decisions SET arm = ? WHERE id = ?".replace("?", mark),
+                (arm, cr.decision_id),
+            )
+    conn.close()
+    rt.update_many(
+        [("r", c.decision_id, r) for c, r in zip(picks["r"], rewards, strict=True)]
+    )
+    q, r = (rt.stats(n)["segments"]["default"]["arms"] for n in ("q", "r"))
+    assert [a["posterior_mean"] for a in q] == [a["posterior_mean"] for a in r]
+
+
+def test_postgres_connection_errors_are_clear():
+    with pytest.raises(RuntimeBanditError, match=r"cannot connect to postgresql://"
+                       r"u:\*\*\*@127.0.0.1:1/db"):  # fmt: skip
+        Runtime("postgresql://u:secret@127.0.0.1:1/db", timeout_s=2)
