@@ -42,6 +42,11 @@ from convergence_jax.loop.evaluator import (
     SharpeEvaluator,
 )
 from convergence_jax.loop.hparams import BackoffOptimizer, PBTOptimizer, exploit_explore
+from convergence_jax.loop.loggers import (
+    RichDashboard,
+    TensorBoardCallback,
+    WandbCallback,
+)
 from convergence_jax.loop.pbt import DEFAULT_PBT_BOUNDS, make_pbt
 from convergence_jax.loop.pipeline import (
     BatchPipeline,
@@ -109,9 +114,12 @@ __all__ = [
     "PolicyManager",
     "RLOptimizer",
     "RegimeDetector",
+    "RichDashboard",
     "SPSAOptimizer",
     "SharpeEvaluator",
     "Snapshot",
+    "TensorBoardCallback",
+    "WandbCallback",
     "action_spread",
     "adaptive_noise",
     "backoff_scheduler",
