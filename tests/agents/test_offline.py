@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from convergence_jax import llm, lm
+from convergence_jax.agents import multiturn as mt
 from convergence_jax.agents import offline
 from convergence_jax.agents.randomizer import DomainRandomizer
 from convergence_jax.agents.task_env import (
@@ -261,20 +262,24 @@ def test_hybrid_runs_and_zero_weight_is_plain_grpo(
         loss="grpo", num_prompts=2, group_size=2, learning_rate=1e-3
     )
     hybrid = offline.make_hybrid(config, model_config, env, rows, batch_size=4)
-    state, off_m, on_m = jax.jit(lambda k, p, w: hybrid.run(k, p, 2, 1, w))(
-        jax.random.key(0), params, 0.5
-    )
+    state, off_m, on_m = hybrid.run(jax.random.key(0), params, 2, 1, 0.5)
     assert off_m["loss"].shape == (2,) and on_m["success"].shape == (1,)
     assert int(state.step) == 1
     # weight 0: the replay term adds nothing, the update is plain GRPO's
-    from convergence_jax.agents import multiturn as mt
-
     plain = mt.make_multiturn_grpo(config, model_config, env)
     s0 = plain.init(jax.random.key(5), params)
-    a, _ = plain.step(s0)
-    b, _ = hybrid.online.step(s0, penalty=hybrid.penalty(params, 0.0))
+    a, _ = plain.run(s0, None, 1)
+    b, _ = hybrid.online.run(s0, None, 1, penalty=hybrid.penalty(params, 0.0))
+    c, _ = hybrid.online.run(s0, None, 1, penalty=hybrid.penalty(params, 0.5))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    moved = [
+        not np.allclose(x, y)
+        for x, y in zip(
+            jax.tree.leaves(a.params), jax.tree.leaves(c.params), strict=True
+        )
+    ]
+    assert any(moved)  # a non-zero weight changes the update
 
 
 def test_bad_input(model_config, mixed_rows, tmp_path):
