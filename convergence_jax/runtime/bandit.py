@@ -847,17 +847,21 @@ class Runtime:
                 out[i] = Selection(
                     decision_id, dict(config.arms[arm]), config.names[arm], segment
                 )
-        if rows:
-            insert = self._sql(
+        if rows and self.postgres:
+            # one statement (atomic by itself): one round trip for the batch
+            conn.execute(
+                "INSERT INTO decisions (id, bandit, segment, arm, user_id, context, "
+                "created) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
+                "%s::int[], %s::text[], %s::text[], %s::float8[])",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+        elif rows:
+            insert = (
                 "INSERT INTO decisions (id, bandit, segment, arm, user_id, context, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?)"
             )
             with self._writing(), self._transaction(conn):
-                if self.postgres:
-                    with conn.cursor() as cursor:
-                        cursor.executemany(insert, rows)
-                else:
-                    conn.executemany(insert, rows)
+                conn.executemany(insert, rows)
         return out
 
     def update(self, name: str, decision_id: str, reward: float) -> Update:
@@ -1002,22 +1006,27 @@ class Runtime:
                 if n
             ]
             if writes:
-                upsert = self._sql(
+                upsert = (
                     "INSERT INTO segments (bandit, segment, stats, updates) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (bandit, segment) DO UPDATE SET "
                     "stats = excluded.stats, updates = segments.updates + "
                     "excluded.updates"
                 )
-                mark = self._sql(
-                    "UPDATE decisions SET reward = ?, updated = ? WHERE id = ?"
-                )
-                if self.postgres:
-                    with conn.cursor() as cursor:
-                        cursor.executemany(upsert, writes)
-                        cursor.executemany(mark, marks)
+                if self.postgres:  # one round trip each
+                    for write in writes:
+                        conn.execute(self._sql(upsert), write)
+                    conn.execute(
+                        "UPDATE decisions SET reward = m.reward, updated = m.updated "
+                        "FROM unnest(%s::float8[], %s::float8[], %s::text[]) "
+                        "AS m (reward, updated, id) WHERE decisions.id = m.id",
+                        [list(column) for column in zip(*marks, strict=True)],
+                    )
                 else:
                     conn.executemany(upsert, writes)
-                    conn.executemany(mark, marks)
+                    conn.executemany(
+                        "UPDATE decisions SET reward = ?, updated = ? WHERE id = ?",
+                        marks,
+                    )
         return results
 
     def stats(self, name: str) -> dict[str, Any]:

@@ -21,13 +21,14 @@ decision), 409 (a decision already has another reward), 422 (a missing, unknown 
 invalid field; a NaN or out-of-range reward). ``/openapi.json`` declares each
 route's statuses and their bodies.
 
-``/select`` and ``/update`` are answered in batches: each request is queued to one
-thread per server process, which takes every request waiting and runs them as one
-``Runtime.select_many`` (one read per segment, one vmapped draw per 8 selections,
-one transaction for all the decisions) and one ``Runtime.update_many`` (one write
-transaction, applied in order), then answers each request with its own result or
-error. Under load a batch holds the requests that arrived while the previous one
-ran; alone, a request is a batch of one. The guarantees are the runtime's: exact
+``/select`` and ``/update`` are answered in batches: each request is queued to a
+thread of the server process (one for selects, one for updates), which takes every
+request of its kind waiting and runs them as one ``Runtime.select_many`` (one read
+per segment, one vmapped draw per 8 selections, one statement or transaction for
+all the decisions) or one ``Runtime.update_many`` (one write transaction, applied
+in order), then answers each request with its own result or error. Under load a
+batch holds the requests that arrived while the previous one ran; alone, a request
+is a batch of one. The guarantees are the runtime's: exact
 counts, idempotent updates, atomic transactions.
 
 FastAPI and uvicorn are imported only by this module (the command line imports it for
@@ -232,63 +233,66 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class Batcher:
-    """Answers ``select`` / ``update`` calls from the event loop in batches, on one
-    thread of its own (started by the first call, so in the serving process).
+    """Answers ``select`` / ``update`` calls from the event loop in batches, on two
+    threads of its own (one for selects, one for updates, each with its own
+    database connection; started by the first call, so in the serving process).
 
-    A call queues ``(kind, args, future)`` and awaits its future; the thread takes
-    every call waiting (at most ``max_batch`` a kind), runs the selects as one
-    ``select_many`` and the updates as one ``update_many``, and hands each future
-    its result (or its error) back on its event loop.
+    A call queues ``(args, future)`` for its kind and awaits its future; the
+    kind's thread takes every call waiting (at most ``max_batch``), runs them as
+    one ``select_many`` or ``update_many``, and hands each future its result (or
+    its error) back on its event loop. Selects and updates overlap: a draw does
+    not wait for an update's transaction, nor an update for a draw.
     """
 
     def __init__(self, runtime: Runtime, max_batch: int = 256):
         self.runtime = runtime
         self.max_batch = int(max_batch)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._queues = {"select": queue.SimpleQueue(), "update": queue.SimpleQueue()}
+        self._runs = {"select": runtime.select_many, "update": runtime.update_many}
+        self._threads: dict[str, threading.Thread] = {}
         self._start_lock = threading.Lock()
         self.batches = 0  # how many batches ran (a count for tests and profiling)
 
     async def call(self, kind: str, args: tuple):
-        if self._thread is None or not self._thread.is_alive():
+        thread = self._threads.get(kind)
+        if thread is None or not thread.is_alive():
             with self._start_lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._run, name="runtime-batcher", daemon=True
+                thread = self._threads.get(kind)
+                if thread is None or not thread.is_alive():
+                    thread = self._threads[kind] = threading.Thread(
+                        target=self._run,
+                        args=(kind,),
+                        name=f"runtime-{kind}",
+                        daemon=True,
                     )
-                    self._thread.start()
+                    thread.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((kind, args, future, loop))
+        self._queues[kind].put((args, future, loop))
         result = await future
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def _run(self) -> None:
+    def _run(self, kind: str) -> None:
+        calls, run = self._queues[kind], self._runs[kind]
         while True:
-            waiting = [self._queue.get()]
-            while len(waiting) < 2 * self.max_batch:
+            waiting = [calls.get()]
+            while len(waiting) < self.max_batch:
                 try:
-                    waiting.append(self._queue.get_nowait())
+                    waiting.append(calls.get_nowait())
                 except queue.Empty:
                     break
-            for kind, run in (
-                ("select", self.runtime.select_many),
-                ("update", self.runtime.update_many),
-            ):
-                calls = [w for w in waiting if w[0] == kind]
-                for start in range(0, len(calls), self.max_batch):
-                    self._answer(run, calls[start : start + self.max_batch])
+            self._answer(run, waiting)
 
     def _answer(self, run, calls) -> None:
         try:
-            results = run([args for _, args, _, _ in calls])
+            results = run([args for args, _, _ in calls])
         except Exception as e:  # the database failed: the whole batch fails
             results = [e] * len(calls)
         self.batches += 1
         by_loop: dict[Any, list] = {}
-        for (_, _, future, loop), result in zip(calls, results, strict=True):
+        for (_, future, loop), result in zip(calls, results, strict=True):
             by_loop.setdefault(loop, []).append((future, result))
         for loop, pairs in by_loop.items():
             loop.call_soon_threadsafe(_resolve, pairs)

@@ -60,12 +60,8 @@ def consistent(db, name):
     """Cross-table invariants that one transaction per update keeps."""
     conn, mark = connect(str(db))
     try:
-        rewarded = conn.execute(
-            "SELECT COUNT(*) FROM decisions WHERE bandit = ? AND reward IS NOT NULL".replace(
-                "?", mark
-            ),
-            (name,),
-        ).fetchone()[0]
+        query = "SELECT COUNT(*) FROM decisions WHERE bandit = ? AND reward IS NOT NULL"
+        rewarded = conn.execute(query.replace("?", mark), (name,)).fetchone()[0]
         applied, mass = 0, 0.0
         for stats, updates in conn.execute(
             "SELECT stats, updates FROM segments WHERE bandit = ?".replace("?", mark),

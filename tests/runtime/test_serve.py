@@ -279,3 +279,68 @@ def test_two_servers_sharing_one_postgres_lose_no_update(pg_db, tmp_path):
             proc.terminate()
         for proc, _ in servers:
             proc.wait(10)
+
+
+def test_the_fast_path_answers_as_the_fastapi_routes(tmp_path, monkeypatch):
+    """The same requests with the fast path on and off: the same statuses and
+    bodies; with it on, valid requests never reach FastAPI's routing, and every
+    request it declines (bad key, bad JSON, invalid field) does."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    routed = []
+    original = FastAPI.__call__
+
+    async def recording(self, scope, receive, send):
+        if scope["type"] == "http":
+            routed.append(scope["path"])
+        return await original(self, scope, receive, send)
+
+    monkeypatch.setattr(FastAPI, "__call__", recording)
+
+    def answers(fast: bool):
+        runtime = Runtime(tmp_path / f"{fast}.db", seed=0)
+        runtime.configure("p", {"a": {"x": 1}, "b": {"x": 2}})
+        app = create_app(runtime, KEY)
+        if not fast:
+            app.fast_routes = {}
+        out = []
+        with TestClient(app) as client:
+            d = client.post("/select", json={"bandit": "p"}, headers=AUTH).json()
+            out.append(sorted(d))
+            body = {"bandit": "p", "decision_id": d["decision_id"], "reward": 1.0}
+            requests = [
+                ("/update", body, AUTH),
+                ("/update", body, {"X-API-Key": KEY}),  # a repeat: applied False
+                ("/update", body | {"reward": 0.0}, AUTH),  # 409
+                ("/update", body | {"reward": 1.5}, AUTH),  # 422, runtime's message
+                ("/update", body | {"decision_id": "nope"}, AUTH),  # 404
+                ("/select", {"bandit": "q"}, AUTH),  # 404
+                ("/select", {"bandit": "p"}, {"X-API-Key": "wrong"}),  # 401
+                ("/select", {"bandit": "p", "extra": 1}, AUTH),  # 422 field list
+                ("/update", {"bandit": "p"}, AUTH),  # 422 missing fields
+            ]
+            for path, data, headers in requests:
+                r = client.post(path, json=data, headers=headers)
+                detail = r.json().get("detail")
+                if isinstance(detail, list):
+                    detail = sorted(tuple(e["loc"]) for e in detail)
+                elif detail is not None:
+                    detail = detail.replace(d["decision_id"], "ID")
+                out.append((r.status_code, r.json().get("applied"), detail))
+            r = client.post(
+                "/select",
+                content=b"{not json",
+                headers=AUTH | {"Content-Type": "application/json"},
+            )
+            out.append(r.status_code)
+        return out
+
+    slow = answers(fast=False)
+    routed.clear()
+    fast = answers(fast=True)
+    assert fast == slow
+    assert [s for s, *_ in slow[1:-1]] == [200, 200, 409, 422, 404, 404, 401, 422, 422]
+    assert slow[-1] == 422  # FastAPI: json_invalid
+    # served by FastAPI with the fast path on: only the declined requests
+    assert routed == ["/select", "/select", "/update", "/select"]
