@@ -24,6 +24,7 @@ from pathlib import Path
 import tyro
 
 from convergence_jax import loop, rl
+from convergence_jax.spaces import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,33 @@ class Config:
     """Variants the policy manager may spawn before stopping."""
     max_episodes: int = 2_000
     """Safety cap on windows (the loop normally stops at DORMANT long before)."""
+    presearch_population: int = 0
+    """Trial pre-search before the main run (0: none): configurations per
+    generation of Thompson sampling + evolution over the learning rate (log),
+    entropy bonus and update epochs; the main run starts from the best trial's
+    configuration and weights."""
+    presearch_generations: int = 2
+    """Generations of the pre-search (2 x population trials each)."""
+    presearch_timesteps: int = 20_000
+    """Environment steps per pre-search trial."""
     out_dir: str = "runs/autonomous_ppo"
     """Where records, plot, summary and checkpoints go."""
     verbose: bool = True
     """Print one line per evaluation."""
 
 
+PRESEARCH_SPACE = SearchSpace.from_dict(
+    {
+        "learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "log": True},
+        "ent_coef": {"type": "float", "min": 0.0, "max": 0.05},
+        "update_epochs": {"type": "int", "min": 1, "max": 8},
+    }
+)
+
+
 def build(config: Config):
-    """The agent factory, pipelines, manager and loop of ``config``."""
+    """The agent factory, pipelines, manager and loop of ``config`` (and the
+    pre-search result, or None)."""
     ppo_config = rl.PPOConfig(
         env_id=config.env_id,
         num_envs=config.num_envs,
@@ -73,12 +93,28 @@ def build(config: Config):
         total_timesteps=config.lr_horizon,
         anneal_lr=True,
     )
+    searched, hyperparams = None, {}
+    if config.presearch_population:
+        searched = loop.presearch(
+            ppo_config,
+            PRESEARCH_SPACE,
+            trial_timesteps=config.presearch_timesteps,
+            population_size=config.presearch_population,
+            generations=config.presearch_generations,
+            seed=config.seed,
+            verbose=config.verbose,
+        )
+        ppo_config, hyperparams = searched.best_config, searched.best_hyperparams
     spawned = iter(range(1, 10**6))
 
     def agent_factory():
-        return loop.PPOAgent(ppo_config, seed=config.seed + 1000 * next(spawned))
+        seed = config.seed + 1000 * next(spawned)
+        return loop.PPOAgent(ppo_config, seed=seed, **hyperparams)
 
-    agent = loop.PPOAgent(ppo_config, seed=config.seed)
+    if searched is not None:
+        agent = searched.agent(seed=config.seed)
+    else:
+        agent = loop.PPOAgent(ppo_config, seed=config.seed)
     agent.name = "agent-0"
     train = loop.BatchPipeline(
         config.env_id, config.num_envs, config.num_steps, seed=config.seed + 1
@@ -119,7 +155,7 @@ def build(config: Config):
         max_episodes=config.max_episodes,
         verbose=config.verbose,
     )
-    return controller, manager, val
+    return controller, manager, val, searched
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -176,7 +212,8 @@ def _clean(value):
 def main(config: Config) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    controller, manager, val = build(config)
+    built = time.perf_counter()
+    controller, manager, val, searched = build(config)
     started = time.perf_counter()
     result = controller.run()
     seconds = time.perf_counter() - started
@@ -198,7 +235,21 @@ def main(config: Config) -> dict:
         "timing": result.timing,
         "overhead_fraction": result.timing["overhead"] / result.timing["total"],
         "status": manager.status(controller),
+        "build_seconds": started - built,
     }
+    if searched is not None:
+        summary["presearch"] = {
+            "env_steps": searched.env_steps,
+            "best_score": searched.best_score,
+            "best_config": {
+                **{
+                    k: searched.best_hyperparams[k]
+                    for k in ("learning_rate", "ent_coef")
+                },
+                "update_epochs": searched.best_config.update_epochs,
+            },
+            "generations": searched.generations,
+        }
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
     print(
         f"best validation return {summary['best_val_score']:.1f}; ensemble "

@@ -69,6 +69,7 @@ from convergence_jax.loop.policy import (
     pearson,
     slope,
 )
+from convergence_jax.loop.presearch import PresearchResult, presearch
 from convergence_jax.loop.registry import CheckpointRegistry, Snapshot
 from convergence_jax.loop.tuning import (
     AdaptiveOptimizer,
@@ -112,6 +113,7 @@ __all__ = [
     "PBTOptimizer",
     "PPOAgent",
     "PolicyManager",
+    "PresearchResult",
     "RLOptimizer",
     "RegimeDetector",
     "RichDashboard",
@@ -133,6 +135,7 @@ __all__ = [
     "meta_features",
     "on_episode_end",
     "pearson",
+    "presearch",
     "slope",
     "trend",
     "window_steps_for",
