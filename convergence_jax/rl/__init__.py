@@ -80,6 +80,14 @@ from convergence_jax.rl.ppo import (
     make_ppo,
     make_train,
 )
+from convergence_jax.rl.recurrent_ppo import (
+    RecurrentActorCritic,
+    RecurrentPPO,
+    RecurrentPPOConfig,
+    RecurrentTrainState,
+    make_recurrent_ppo,
+    make_recurrent_train,
+)
 from convergence_jax.rl.sac import (
     SAC,
     SACConfig,
@@ -125,6 +133,10 @@ __all__ = [
     "PPOHParams",
     "QCritic",
     "QNetwork",
+    "RecurrentActorCritic",
+    "RecurrentPPO",
+    "RecurrentPPOConfig",
+    "RecurrentTrainState",
     "ReplayBuffer",
     "RewardScaleState",
     "RunningStats",
@@ -151,6 +163,8 @@ __all__ = [
     "make_dqn",
     "make_dqn_train",
     "make_ppo",
+    "make_recurrent_ppo",
+    "make_recurrent_train",
     "make_sac",
     "make_sac_train",
     "make_td3",
