@@ -219,8 +219,8 @@ class WandbCallback(_ScalarLogger):
     (``wandb sync`` uploads it later); pass ``mode="online"`` to stream it.
     The run's config holds ``config`` plus the agent's starting
     ``hyperparams``; at the stop its summary gets the result (reason, best
-    score, windows, environment steps, timing) and the run finishes.
-    ``init_kwargs`` go to ``wandb.init``.
+    score, windows, environment steps, timing) and the run finishes, its files
+    complete on disk. ``init_kwargs`` go to ``wandb.init``.
     """
 
     def __init__(
@@ -264,12 +264,19 @@ class WandbCallback(_ScalarLogger):
         self.run_dir = str(self.run.settings.sync_dir)
 
     def _write(self, step, scalars) -> None:
-        self.run.log(scalars, step=step)
+        self.run.log(scalars, step=step, commit=True)  # one row per step, final now
 
     def _close(self, result) -> None:
+        import wandb
+
         self.run.summary.update(_result_summary(result))
         self.run.finish()
         self.run = None
+        # finish() can return before wandb's service has written the run's last
+        # block to disk; shutting the service down flushes it (unless another
+        # run of this process still uses it). The next wandb.init restarts it.
+        if wandb.run is None:
+            wandb.teardown()
 
 
 def _finite_or_low(x: float) -> float:

@@ -187,6 +187,7 @@ def test_wandb_offline_run_reads_back(tmp_path, monkeypatch):
         elif kind == "run":
             for item in record.run.config.update:
                 config[item.key] = json.loads(item.value_json)
+    assert records[-1].WhichOneof("record_type") == "exit"  # complete on disk
     assert sorted(rows) == [r["window"] for r in result.records]
     for r in result.records:
         row = rows[r["window"]]
