@@ -58,7 +58,11 @@ def _number(value) -> float | None:
 
 
 def record_scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """The scalars of one evaluation record, by tag (see the module docstring)."""
+    """The scalars of one evaluation record, by tag (see the module docstring).
+
+    Non-finite numbers (a bound not yet defined, no validation score) are left
+    out, except ``score/primary``: a NaN there is a failed evaluation.
+    """
     scalars: dict[str, float] = {}
     for key, value in record.items():
         if key == "window":
@@ -71,11 +75,11 @@ def record_scalars(record: Mapping[str, Any]) -> dict[str, float]:
             group = "hyperparams" if key == "hyperparams" else key
             for name, inner in value.items():
                 number = _number(inner)
-                if number is not None:
+                if number is not None and math.isfinite(number):
                     scalars[f"{group}/{name}"] = number
         else:
             number = _number(value)
-            if number is not None:
+            if number is not None and math.isfinite(number):
                 scalars[f"loop/{key}"] = number
     return scalars
 

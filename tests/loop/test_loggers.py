@@ -73,6 +73,8 @@ def test_record_scalars_flattens_a_record():
         "primary_score": 1.5,
         "improved": False,
         "interval": 2.0,
+        "val_score": math.nan,
+        "upper": math.inf,
         "hyperparams": {"rate": 2.0},
         "diagnostics": {"entropy": 0.7, "rule": "none"},
     }
