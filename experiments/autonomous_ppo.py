@@ -2,6 +2,15 @@
 
     python experiments/autonomous_ppo.py                      # CartPole-v1
     python experiments/autonomous_ppo.py --max-spawns 2 --out-dir runs/auto
+    python experiments/autonomous_ppo.py --preset throughput   # the old shape
+
+``--preset sample_efficient`` (the default, ``loop.ppo_preset``) learns hard from
+small windows (4 x 64 steps, 10 epochs over 4 minibatches, lr 2.5e-3) to solve
+tasks in few environment steps (CartPole, Acrobot and Pendulum against tensor-optix
+in ``benchmarks/loop_vs_tensor_optix.py``); ``--preset throughput`` (8 x 128, 4
+epochs, lr 1e-3, the earlier default) needs several times more environment steps
+but spends fewer gradient steps per environment step. ``--num-envs`` etc. override
+the preset's numbers.
 
 The loop trains in windows of ``num_envs x num_steps`` steps, scores every
 ``interval`` windows on a validation pipeline (fresh episodes, never learned
@@ -20,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -33,19 +43,30 @@ class Config:
     """A gymnax environment with discrete actions."""
     seed: int = 0
     """Seed of the first agent and the pipelines."""
-    num_envs: int = 8
-    """Training environments per window."""
-    num_steps: int = 128
-    """Steps per environment per window (one PPO update per window)."""
-    learning_rate: float = 1e-3
-    """Adam step size of the first agent."""
-    lr_horizon: int = 300_000
+    preset: Literal["sample_efficient", "throughput"] = "sample_efficient"
+    """PPO shape (``loop.PPO_PRESETS``): small windows learned from hard, or
+    large windows for throughput. The fields below left at None take its value."""
+    num_envs: int | None = None
+    """Training environments per window (None: the preset's)."""
+    num_steps: int | None = None
+    """Steps per environment per window, one PPO update each (None: preset's)."""
+    update_epochs: int | None = None
+    """Passes over each window (None: the preset's)."""
+    num_minibatches: int | None = None
+    """Minibatches per pass (None: the preset's)."""
+    learning_rate: float | None = None
+    """Adam step size of the first agent (None: the preset's)."""
+    lr_horizon: int | None = None
     """Environment steps over which the learning rate decays to 0 (a schedule,
-    not a stopping rule: the loop stops when it detects convergence)."""
+    not a stopping rule: the loop stops when it detects convergence; None: the
+    preset's)."""
     val_envs: int = 32
     """Validation environments; each plays one fresh episode per evaluation."""
     val_steps: int = 500
     """Steps per validation window (CartPole's episode limit)."""
+    target_score: float | None = None
+    """Stop as soon as the validation score reaches this (None: run until the
+    loop converges)."""
     trend_window: int = 8
     """Evaluations in the scheduler's trend window."""
     plateau_threshold: int = 4
@@ -82,17 +103,29 @@ PRESEARCH_SPACE = SearchSpace.from_dict(
 )
 
 
+def ppo_config_of(config: Config) -> rl.PPOConfig:
+    """The first agent's PPOConfig: the preset, with the fields set in
+    ``config`` taking precedence."""
+    preset = loop.ppo_preset(config.preset)
+    overrides = {
+        name: getattr(config, field)
+        for name, field in (
+            ("num_envs", "num_envs"),
+            ("num_steps", "num_steps"),
+            ("update_epochs", "update_epochs"),
+            ("num_minibatches", "num_minibatches"),
+            ("learning_rate", "learning_rate"),
+            ("total_timesteps", "lr_horizon"),
+        )
+        if getattr(config, field) is not None
+    }
+    return preset.ppo_config(config.env_id, **overrides)
+
+
 def build(config: Config):
     """The agent factory, pipelines, manager and loop of ``config`` (and the
     pre-search result, or None)."""
-    ppo_config = rl.PPOConfig(
-        env_id=config.env_id,
-        num_envs=config.num_envs,
-        num_steps=config.num_steps,
-        learning_rate=config.learning_rate,
-        total_timesteps=config.lr_horizon,
-        anneal_lr=True,
-    )
+    ppo_config = ppo_config_of(config)
     searched, hyperparams = None, {}
     if config.presearch_population:
         searched = loop.presearch(
@@ -117,7 +150,7 @@ def build(config: Config):
         agent = loop.PPOAgent(ppo_config, seed=config.seed)
     agent.name = "agent-0"
     train = loop.BatchPipeline(
-        config.env_id, config.num_envs, config.num_steps, seed=config.seed + 1
+        config.env_id, ppo_config.num_envs, ppo_config.num_steps, seed=config.seed + 1
     )
     val = loop.BatchPipeline(
         config.env_id,
@@ -153,6 +186,7 @@ def build(config: Config):
         registry=registry,
         policy_manager=manager,
         max_episodes=config.max_episodes,
+        target_score=config.target_score,
         verbose=config.verbose,
     )
     return controller, manager, val, searched

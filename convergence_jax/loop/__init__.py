@@ -70,6 +70,7 @@ from convergence_jax.loop.policy import (
     slope,
 )
 from convergence_jax.loop.presearch import PresearchResult, presearch
+from convergence_jax.loop.presets import PPO_PRESETS, PPOLoopPreset, ppo_preset
 from convergence_jax.loop.registry import CheckpointRegistry, Snapshot
 from convergence_jax.loop.tuning import (
     AdaptiveOptimizer,
@@ -112,6 +113,8 @@ __all__ = [
     "MomentumOptimizer",
     "PBTOptimizer",
     "PPOAgent",
+    "PPOLoopPreset",
+    "PPO_PRESETS",
     "PolicyManager",
     "PresearchResult",
     "RLOptimizer",
@@ -135,6 +138,7 @@ __all__ = [
     "meta_features",
     "on_episode_end",
     "pearson",
+    "ppo_preset",
     "presearch",
     "slope",
     "trend",

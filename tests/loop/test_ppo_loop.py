@@ -133,7 +133,12 @@ def test_autonomous_cartpole_reaches_dormant_with_best_val_475(tmp_path, capsys)
     exp = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = exp
     spec.loader.exec_module(exp)
-    summary = exp.main(exp.Config(seed=1, out_dir=str(tmp_path), verbose=False))
+    # The throughput preset (8 x 128 windows) reaches DORMANT in a few seconds; the
+    # sample-efficient default is measured in benchmarks/loop_vs_tensor_optix.py.
+    config = exp.Config(
+        seed=1, preset="throughput", out_dir=str(tmp_path), verbose=False
+    )
+    summary = exp.main(config)
     assert summary["reached_dormant"]
     assert summary["best_val_score"] >= 475
     printed = capsys.readouterr().out
@@ -147,6 +152,27 @@ def test_autonomous_cartpole_reaches_dormant_with_best_val_475(tmp_path, capsys)
         json.loads((tmp_path / "summary.json").read_text())["status"]["ensemble_size"]
         == 2
     )
+
+
+def test_autonomous_presets_resolve_and_overrides_win():
+    spec = importlib.util.spec_from_file_location(
+        "autonomous_ppo", ROOT / "experiments" / "autonomous_ppo.py"
+    )
+    exp = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = exp
+    spec.loader.exec_module(exp)
+    default = exp.ppo_config_of(exp.Config())
+    preset = loop.ppo_preset("sample_efficient")
+    assert exp.Config().preset == "sample_efficient"
+    assert (default.num_envs, default.num_steps) == (preset.num_envs, preset.num_steps)
+    assert default.update_epochs == preset.update_epochs == 10
+    assert default.total_timesteps == preset.lr_horizon and default.anneal_lr
+    old = exp.ppo_config_of(exp.Config(preset="throughput", learning_rate=3e-4))
+    assert (old.num_envs, old.num_steps, old.update_epochs) == (8, 128, 4)
+    assert old.learning_rate == 3e-4 and old.total_timesteps == 300_000
+    assert loop.ppo_preset("throughput").window_steps == 1024
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        loop.ppo_preset("fast")
 
 
 def test_continuous_actions_are_learned_as_sampled():
