@@ -24,6 +24,15 @@ observations standardized by the dataset's mean and std (+1e-3; d3rlpy's
 [-1, 1] (d3rlpy's ``MinMaxActionScaler`` with Pendulum's box [-2, 2]), no reward
 scaling, float32, no ``torch.compile`` (d3rlpy's ``compile_graph`` is off by
 default). The per-algorithm numbers are in ``ALGORITHMS`` and in the results.
+d3rlpy's torch runs ``--torch-threads`` 1 thread: on the shared 2-core machine
+its default (one OpenMP thread per core) collapsed under load (CQL 1 update/s
+against 48 with one thread in a 3-round check at load ~12); JAX keeps its default.
+
+**Budget.** The defaults (hidden 64-64, batch 256, 2,000 updates x 2 seeds) fit
+the 2-core CPU machine shared with other jobs: a first attempt at 256-256 ran
+d3rlpy's CQL at ~6 updates / s and ours at ~16 (both compute-bound there), too slow
+for scores; 5,000 x 4 seeds at 64-64 did not finish its first algorithm in 20
+minutes at load 7-10. Scores after 2,000 updates are early-training scores.
 
 **d3rlpy 2.8.1's algorithms as its code does them** (``d3rlpy/algos/qlearning``),
 and where they depart from ours or from the papers:
@@ -534,6 +543,8 @@ class D3rlpyWorker:
         from d3rlpy.preprocessing import MinMaxActionScaler, StandardObservationScaler
 
         self.d3rlpy, self.torch, self.key, self.spec = d3rlpy, torch, key, spec
+        if spec.get("torch_threads"):
+            torch.set_num_threads(spec["torch_threads"])
         self.env_id, _, _, self.cls_name, self.kw = configs(key, spec)
         raw = load_dataset(spec["dataset"])
         self.ref = raw["random_return"], raw["expert_return"]
@@ -692,6 +703,7 @@ def compare(key, args, dataset):
         "batch_size": args.batch_size,
         "num_steps": args.num_steps,
         "bear_warmup": args.bear_warmup,
+        "torch_threads": args.torch_threads,
     }
     script = str(Path(__file__).resolve())
     argv = ["--worker-key", key, "--spec", json.dumps(spec)]
@@ -707,10 +719,15 @@ def compare(key, args, dataset):
             n: w.ask(op="setup_speed", updates=args.speed_updates)
             for n, w in workers.items()
         }
-        timing = alternate(
-            {n: (lambda r, w=w: w.ask(op="speed_round")) for n, w in workers.items()},
-            args.rounds,
-        )
+        timing = None
+        if args.rounds > 0:
+            timing = alternate(
+                {
+                    n: (lambda r, w=w: w.ask(op="speed_round"))
+                    for n, w in workers.items()
+                },
+                args.rounds,
+            )
         rss_speed = {n: w.ask(op="rss")["peak_rss_mb"] for n, w in workers.items()}
         scores = {}
         if args.seeds > 0:
@@ -725,12 +742,15 @@ def compare(key, args, dataset):
             w.close()
     raw = load_dataset(dataset)
     rr, er = raw["random_return"], raw["expert_return"]
-    rates = {
+    rates = timing and {
         n: summarize([args.speed_updates / s for s in timing["seconds"][n]["values"]])
         for n in workers
     }
     result = {
         "key": key,
+        "num_steps": args.num_steps,
+        "seeds": args.seeds,
+        "eval_episodes": args.eval_episodes,
         "env_id": ALGORITHMS[key][0],
         "ours_algorithm": ALGORITHMS[key][1],
         "d3rlpy_config": ALGORITHMS[key][3],
@@ -742,7 +762,7 @@ def compare(key, args, dataset):
         "setup": setup,
         "timing": timing,
         "updates_per_second": rates,
-        "ours_vs_d3rlpy": speedup(timing, "ours", "d3rlpy"),
+        "ours_vs_d3rlpy": timing and speedup(timing, "ours", "d3rlpy"),
         "peak_rss_mb_after_speed": rss_speed,
         "peak_rss_mb_after_score": rss_score,
         "versions": versions,
@@ -762,6 +782,8 @@ def compare(key, args, dataset):
 
 
 def _spread(s, fmt="{:,.0f}"):
+    if s is None:
+        return "-"
     return " / ".join(fmt.format(s[k]) for k in ("min", "median", "max"))
 
 
@@ -784,7 +806,7 @@ def markdown(result) -> str:
         "Adam step sizes and key numbers (see the script's docstring and "
         "`ALGORITHMS`; what differs is listed there).",
         "",
-        f"Score: {a['num_steps']:,} updates per seed, {a['seeds']} seeds (ours "
+        "Score: the updates per seed and the seeds of each row (ours "
         "vmapped, d3rlpy one after another), then "
         f"{a['eval_episodes']} evaluation episodes per seed; normalized score "
         "(random 0, expert 100), mean ± std over seeds "
@@ -796,10 +818,11 @@ def markdown(result) -> str:
         "peak RSS (`VmHWM`) of each side's worker process after the speed rounds (one "
         "seed) / after the score runs.",
         "",
-        "| algorithm | env | ours score | d3rlpy score | ours updates/s "
+        "| algorithm | env | updates x seeds | ours score | d3rlpy score | "
+        "ours updates/s "
         "min / med / max | d3rlpy updates/s min / med / max | ratio (range) | "
         "ours peak MB | d3rlpy peak MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
         ups = r["updates_per_second"]
@@ -811,9 +834,14 @@ def markdown(result) -> str:
             return f"{sc[n]['mean']:.1f} ± {sc[n]['std']:.1f}"
 
         s = r["ours_vs_d3rlpy"]
-        ratio = f"{s['of_medians']:.1f}x ({s['range'][0]:.1f} .. {s['range'][1]:.1f})"
-        if s["verdict"] == "tie":
-            ratio += " tie"
+        if s is None:
+            ratio, ups = "-", {n: None for n in ("ours", "d3rlpy")}
+        else:
+            ratio = (
+                f"{s['of_medians']:.1f}x ({s['range'][0]:.1f} .. {s['range'][1]:.1f})"
+            )
+            if s["verdict"] == "tie":
+                ratio += " tie"
         mem = {
             n: f"{r['peak_rss_mb_after_speed'][n]:.0f} / "
             f"{r['peak_rss_mb_after_score'][n]:.0f}"
@@ -821,7 +849,8 @@ def markdown(result) -> str:
         }
         lines.append(
             f"| {r['key']} ({r['d3rlpy_config'].removesuffix('Config')}) | "
-            f"{r['env_id']} | {score('ours')} | {score('d3rlpy')} | "
+            f"{r['env_id']} | {r.get('num_steps', a['num_steps']):,} x "
+            f"{r.get('seeds', a['seeds'])} | {score('ours')} | {score('d3rlpy')} | "
             f"{_spread(ups['ours'])} | {_spread(ups['d3rlpy'])} | {ratio} | "
             f"{mem['ours']} | {mem['d3rlpy']} |"
         )
@@ -851,7 +880,7 @@ def markdown(result) -> str:
 def bar_lines(result) -> list[str]:
     out = []
     for r in result["runs"]:
-        s = r["ours_vs_d3rlpy"]
+        s = r["ours_vs_d3rlpy"] or {"of_medians": float("nan"), "range": [0, 0]}
         speed = (
             f"{s['of_medians']:.1f}x d3rlpy's updates/s (range {s['range'][0]:.1f} .. "
             f"{s['range'][1]:.1f}x): "
@@ -881,6 +910,37 @@ def bar_lines(result) -> list[str]:
     return out
 
 
+def merge_runs(runs) -> list[dict]:
+    """One run per algorithm: the speed fields (timing, rates, ratio, setup, peak
+    RSS after speed) from the part that timed it, the score fields from the part
+    that scored it."""
+    speed_keys = (
+        "timing",
+        "updates_per_second",
+        "ours_vs_d3rlpy",
+        "setup",
+        "peak_rss_mb_after_speed",
+    )
+    score_keys = ("score", "num_steps", "seeds", "eval_episodes")
+    by_key: dict[str, dict] = {}
+    for r in runs:
+        have = by_key.setdefault(r["key"], {})
+        for k, v in r.items():
+            if k in speed_keys:
+                if r.get("timing") is not None or k not in have:
+                    have[k] = v
+            elif k in score_keys or k == "peak_rss_mb_after_score":
+                if "score" in r or k not in have:
+                    have[k] = v
+            elif k == "versions":
+                have.setdefault("versions", v)
+                if "score" in r:
+                    have["score_versions"] = v
+            else:
+                have.setdefault(k, v)
+    return [by_key[k] for k in ALGORITHMS if k in by_key]
+
+
 def main(args):
     from _machine import machine_info
 
@@ -895,7 +955,7 @@ def main(args):
             }
             for q in parts
         ]
-        result["runs"] = [r for q in parts for r in q["runs"]]
+        result["runs"] = merge_runs([r for q in parts for r in q["runs"]])
         for q in parts:
             result["datasets"].update(q["datasets"])
             result.setdefault("versions", {}).update(q.get("versions", {}))
@@ -930,16 +990,24 @@ def main(args):
             "random_return": raw["random_return"],
             "expert_return": raw["expert_return"],
         }
+    out = Path(args.out) if args.out else RESULTS / NAME
+    started = time.perf_counter()
     for key in args.algorithms:
+        if args.stop_after and time.perf_counter() - started > args.stop_after:
+            result.setdefault("skipped", []).append(key)
+            print(f"{key}: skipped (--stop-after {args.stop_after} s)", flush=True)
+            continue
         t0 = time.perf_counter()
         run = compare(key, args, paths[ALGORITHMS[key][0]])
         result["runs"].append(run)
-        ups = run["updates_per_second"]
+        zero = {"median": 0.0, "of_medians": 0.0}
+        ups = run["updates_per_second"] or {"ours": zero, "d3rlpy": zero}
         sc = run.get("score", {})
+        ratio = (run["ours_vs_d3rlpy"] or zero)["of_medians"]
         print(
             f"{key:13s} ours {ups['ours']['median']:8.0f}/s d3rlpy "
             f"{ups['d3rlpy']['median']:6.0f}/s ratio "
-            f"{run['ours_vs_d3rlpy']['of_medians']:5.1f}x "
+            f"{ratio:5.1f}x "
             + " ".join(
                 f"{n} score {v['mean']:.1f}±{v['std']:.1f}" for n, v in sc.items()
             )
@@ -952,11 +1020,13 @@ def main(args):
                 **run["versions"]["ours"],
                 **run["versions"]["d3rlpy"],
             }
+        if not args.quick:  # a partial result survives a stop
+            result["load_after"] = _load()
+            out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     result["load_after"] = _load()
     result["bar"] = bar_lines(result)
     print("\n".join(result["bar"]))
     if not args.quick:
-        out = Path(args.out) if args.out else RESULTS / NAME
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(markdown(result))
         print(f"wrote {out}.json / .md")
@@ -971,18 +1041,30 @@ def parse(argv=None):
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
-        "--num-steps", type=int, default=5_000, help="updates per seed (score)"
+        "--num-steps", type=int, default=2_000, help="updates per seed (score)"
     )
-    p.add_argument("--seeds", type=int, default=4, help="0: skip the score runs")
+    p.add_argument("--seeds", type=int, default=2, help="0: skip the score runs")
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--bear-warmup", type=int, default=1_000)
-    p.add_argument("--speed-updates", type=int, default=200, help="updates per round")
+    p.add_argument("--bear-warmup", type=int, default=400)
+    p.add_argument("--speed-updates", type=int, default=100, help="updates per round")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="d3rlpy's torch.set_num_threads (0: torch's default, one per core)",
+    )
     p.add_argument("--num-transitions", type=int, default=50_000)
     p.add_argument("--refresh", action="store_true", help="recollect the datasets")
     p.add_argument("--d3rlpy-python", default=None, help="a python with d3rlpy")
     p.add_argument("--out", default=None, help="results path without suffix")
     p.add_argument("--quick", action="store_true", help="smoke test; writes nothing")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="start no further algorithm after this many seconds",
+    )
     p.add_argument("--merge", nargs="+", help="results .json files of parts: one table")
     p.add_argument("--markdown-from", type=Path, help="rewrite the .md from a .json")
     p.add_argument("--worker", choices=("ours", "d3rlpy"), help=argparse.SUPPRESS)
