@@ -73,6 +73,7 @@ from flax import struct
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.distributed import check_num_devices, global_mesh, to_host
 from convergence_jax.llm.advantages import ADVANTAGES, soft_overlong_punishment
 from convergence_jax.llm.losses import (
     KL_ESTIMATORS,
@@ -417,6 +418,7 @@ def _check(config: GRPOConfig, model_config: LMConfig, task) -> _Recipe:
             f"{len(jax.devices())} devices are visible (on CPU, set XLA_FLAGS="
             "--xla_force_host_platform_device_count before importing jax)"
         )
+    check_num_devices(config.num_devices, "GRPOConfig.num_devices")
     if config.loss not in _VALUE_LOSSES and recipe.advantage not in ADVANTAGES:
         raise ValueError(
             f"GRPOConfig.advantage must be one of {sorted(ADVANTAGES)}, got "
@@ -585,7 +587,10 @@ def make_grpo(
     overlong_buffer = (
         length // 4 if config.overlong_buffer is None else config.overlong_buffer
     )
-    mesh = jax.make_mesh((num_dev,), (AXIS,)) if sharded else None
+    # Over the devices of every process in a multi-process run
+    # (convergence_jax.distributed); Auto axes, so that host arrays given to
+    # sample / learn are split as the shard_map in_specs say.
+    mesh = global_mesh(num_dev, AXIS) if sharded else None
 
     # -- collectives that vanish on one device --
     def psum(x):
@@ -1351,8 +1356,10 @@ def make_grpo(
         prompts_fn: Callable[[int], tuple] | None = None,
     ):
         """One step with a Python reward: ``reward_fn(rollout) -> [num_prompts,
-        group_size]`` (NumPy) on the host. ``prompts_fn(round)``, if given,
-        returns ``(prompt_tokens, prompt_mask)``; otherwise the task draws them.
+        group_size]`` (NumPy) on the host, given the rollout as NumPy arrays
+        (gathered from every process in a multi-process run).
+        ``prompts_fn(round)``, if given, returns ``(prompt_tokens,
+        prompt_mask)``; otherwise the task draws them.
         With dynamic sampling, rounds are sampled (at most
         ``max_sampling_rounds``) until ``num_prompts`` groups have a reward
         spread. Returns ``(state, metrics)`` (NumPy floats)."""
@@ -1362,13 +1369,15 @@ def make_grpo(
         for round_ in range(rounds):
             args = prompts_fn(round_) if prompts_fn is not None else (None, None)
             state, rollout = sample(state, hp, *args)
+            # NumPy on the host: the whole rollout, also where it is split over
+            # the devices of several processes (every process scores all of it).
+            rollout = to_host(rollout)
             rewards = np.asarray(reward_fn(rollout), np.float32)
             if rewards.shape != (num_prompts, group):
                 raise ValueError(
                     f"host_step: reward_fn returned shape {rewards.shape}, expected "
                     f"[num_prompts, group_size] = [{num_prompts}, {group}]"
                 )
-            rollout = jax.tree.map(np.asarray, rollout)
             if first is None:
                 first = (rollout, rewards)
             if not recipe.dynamic_sampling:

@@ -44,6 +44,7 @@ from gymnax.environments import spaces as gym_spaces
 from gymnax.wrappers import FlattenObservationWrapper, LogWrapper
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.distributed import check_num_devices, global_mesh
 from convergence_jax.rl._scan import scan_updates
 from convergence_jax.rl.losses import (
     clipped_value_loss,
@@ -264,6 +265,7 @@ def _check_config(config: PPOConfig, action_space) -> bool:
             "set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
             "importing jax"
         )
+    check_num_devices(config.num_devices, "PPOConfig.num_devices")
     if config.num_updates < 1:
         raise ValueError(
             f"PPOConfig.total_timesteps ({config.total_timesteps}) is less than one "
@@ -624,9 +626,9 @@ def make_ppo(config: PPOConfig) -> PPO:
         return to_env_action(policy_action(params, obs_stats, obs, key))
 
     if sharded:
-        mesh = jax.make_mesh(
-            (config.num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
-        )
+        # Over the devices of every process in a multi-process run
+        # (convergence_jax.distributed).
+        mesh = global_mesh(config.num_devices, AXIS)
         state_specs = TrainState(
             params=P(),
             opt_state=P(),
