@@ -261,6 +261,14 @@ class RLOptimizer:
             for pipeline in (self.pipeline, self.val_pipeline):
                 if pipeline is not None and hasattr(pipeline, "teardown"):
                     pipeline.teardown()
+        # A two-window tuner (SPSA, momentum) leaves the agent on its last probe:
+        # end on the tuner's estimate instead.
+        center = getattr(self.hparam_optimizer, "center_hyperparams", None)
+        if callable(center):
+            hyperparams = self.agent.get_hyperparams()
+            centered = center(hyperparams)
+            if centered != hyperparams:
+                self.agent.set_hyperparams(centered)
         wait = getattr(self.agent, "wait_until_saved", None)
         if callable(wait):  # background checkpoint writes land before we return
             wait()

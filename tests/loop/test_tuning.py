@@ -247,6 +247,8 @@ def test_spsa_optimizer_tunes_inside_the_loop():
     assert len(result.records) == 300  # evaluated every window
     rate = opt.center_hyperparams(agent.get_hyperparams())["rate"]
     assert abs(math.log10(rate) - math.log10(2.0)) < 0.25, rate
+    # The loop ends on the tuner's estimate, not on its last probe.
+    assert agent.hp["rate"] == pytest.approx(rate)
 
 
 # ------------------------------------------------------------------ the router
