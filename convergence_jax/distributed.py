@@ -1,8 +1,9 @@
 """Multi-host runs: JAX's own multi-controller runtime, thinly wrapped.
 
-    from convergence_jax import distributed, rl
+    from convergence_jax import distributed
 
     distributed.initialize()          # first, before any other JAX call
+    from convergence_jax import rl    # (gymnax runs JAX code when imported)
     config = rl.PPOConfig(num_devices=jax.device_count())   # every device
     state, metrics = jax.jit(rl.make_train(config))(jax.random.key(0))
     state = distributed.to_host(state)                 # NumPy, on every process
@@ -53,9 +54,11 @@ def initialize(
 ) -> None:
     """Join this process to a multi-process run: ``jax.distributed.initialize``.
 
-    Call it first, before any other JAX call. ``coordinator_address`` is
-    ``"host:port"`` of process 0 (the same on every process), ``num_processes``
-    the process count and ``process_id`` this process's index in
+    Call it first, before any other JAX call and before importing
+    ``convergence_jax.rl`` (gymnax runs JAX code when imported).
+    ``coordinator_address`` is ``"host:port"`` of process 0 (the same on every
+    process), ``num_processes`` the process count and ``process_id`` this
+    process's index in
     ``0 .. num_processes - 1``; on TPU pods, SLURM, Open MPI and Kubernetes all
     three may be left out and JAX detects them. ``cpu_devices`` (optional) sets
     how many CPU devices this process has (``jax_num_cpu_devices``, the same as
@@ -74,16 +77,28 @@ def initialize(
             raise ValueError(
                 f"initialize: cpu_devices must be an int >= 1, got {cpu_devices!r}"
             )
-        jax.config.update("jax_num_cpu_devices", cpu_devices)
-    if jax.config.jax_cpu_collectives_implementation is None:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        local_device_ids=local_device_ids,
-        **kwargs,
-    )
+    try:
+        if cpu_devices is not None:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
+        if jax.config.jax_cpu_collectives_implementation is None:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            local_device_ids=local_device_ids,
+            **kwargs,
+        )
+    except RuntimeError as err:
+        if "initiali" not in str(err):  # "initialized", "initialise"
+            raise
+        raise RuntimeError(
+            "distributed.initialize must run before anything starts JAX's "
+            "backend: any JAX computation, jax.devices(), and importing "
+            "convergence_jax.rl (or gymnax, whose import runs JAX code). Call it "
+            "right after `from convergence_jax import distributed`, then import "
+            f"the rest. ({err})"
+        ) from err
 
 
 def check_num_devices(num_devices: int, field: str = "num_devices") -> None:

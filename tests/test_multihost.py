@@ -141,3 +141,12 @@ def test_to_host_and_mesh_on_one_process():
     )
     with pytest.raises(ValueError, match="64 requested"):
         distributed.global_mesh(64)
+
+
+@pytest.mark.parametrize("cpu_devices", [None, 2])
+def test_initialize_too_late_says_why(cpu_devices):
+    jax.devices()  # the backend is up in this process
+    with pytest.raises(RuntimeError, match="must run before anything starts"):
+        distributed.initialize("127.0.0.1:1", 2, 0, cpu_devices=cpu_devices)
+    with pytest.raises(ValueError, match="cpu_devices must be an int >= 1"):
+        distributed.initialize("127.0.0.1:1", 2, 0, cpu_devices=0)
