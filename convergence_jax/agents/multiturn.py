@@ -98,6 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import PartitionSpec as P
 
 from convergence_jax.agents.continual import (
     PenaltyState,
@@ -112,6 +113,7 @@ from convergence_jax.agents.task_env import (
     expert_conversations,
     to_trajectories,
 )
+from convergence_jax.distributed import AXIS, global_mesh
 from convergence_jax.llm.advantages import ADVANTAGES
 from convergence_jax.llm.grpo import (
     GRPOConfig,
@@ -442,9 +444,9 @@ def make_multiturn_grpo(
     ``ValueError`` before compiling for: a loss other than a group loss of
     `llm.LOSSES`, DAPO's dynamic sampling or overlong filter / punishment set
     on (their notion of a truncated completion is one without a stop token,
-    which a conversation always lacks; off for dapo here), more than one
-    device, an env whose tokens or length do not fit the model, an unknown
-    ``turn_credit`` or out-of-range turn-credit numbers (``gamma`` and
+    which a conversation always lacks; off for dapo here), a continual term on
+    more than one device, an env whose tokens or length do not fit the model,
+    an unknown ``turn_credit`` or out-of-range turn-credit numbers (``gamma`` and
     ``gae_lambda`` in [0, 1], ``value_learning_rate`` > 0, ``value_clip_eps``
     None or > 0; no ``off_policy_threshold``: its mask is per conversation),
     and everything `llm.make_grpo` rejects.
@@ -484,8 +486,11 @@ def make_multiturn_grpo(
                 f"GRPOConfig.{name} is not supported in multi-turn GRPO (a "
                 "conversation has no single stop token); leave it None"
             )
-    if config.num_devices != 1:
-        raise ValueError("multi-turn GRPO runs on one device (num_devices=1)")
+    if config.num_devices != 1 and continual is not None:
+        raise ValueError(
+            f"make_multiturn_grpo: continual={continual!r} runs on one device "
+            f"(num_devices=1), got num_devices={config.num_devices}"
+        )
     env.check_model(model_config)
     inner_config = dataclasses.replace(
         config,
@@ -509,6 +514,11 @@ def make_multiturn_grpo(
         extra_loss=None if continual is None else extra_loss,
     )
     mc = model_config
+    num_dev = config.num_devices
+    # Data parallel: every device plays its share of the step's conversations
+    # (scenarios and keys are drawn for the whole batch first, so the numbers are
+    # those of one device), and grpo.learn splits the updates over the same mesh.
+    mesh = global_mesh(num_dev, AXIS) if num_dev > 1 else None
     num_prompts, group = config.num_prompts, config.group_size
     num_turns_max, length = env.max_turns, env.completion_length
     default_hparams = grpo.default_hparams
@@ -535,16 +545,30 @@ def make_multiturn_grpo(
         keys = jax.vmap(
             lambda k: jax.vmap(lambda g: jax.random.fold_in(k, g))(jnp.arange(group))
         )(jax.random.split(k_roll, num_prompts)).reshape(num_prompts * group)
-        conv = conversations(
-            state.params,
-            mc,
-            env,
-            keys,
-            repeated,
-            hp.temperature,
-            config.top_k,
-            config.top_p,
-        )
+
+        def play(params, keys, scenarios, temperature):
+            return conversations(
+                params,
+                mc,
+                env,
+                keys,
+                scenarios,
+                temperature,
+                config.top_k,
+                config.top_p,
+            )
+
+        if mesh is not None:
+            # The turn loops start from constants filled per device, which the
+            # varying-axis check rejects (as in llm.grpo's sampler).
+            play = jax.shard_map(
+                play,
+                mesh=mesh,
+                in_specs=(P(), P(AXIS), P(AXIS), P()),
+                out_specs=P(AXIS),
+                check_vma=False,
+            )
+        conv = play(state.params, keys, repeated, hp.temperature)
         return state.replace(key=key), conv
 
     def to_rollout(conv: Conversations) -> Rollout:

@@ -454,3 +454,34 @@ def test_turn_credit_bad_options_raise(
         credit_program.learn(state, conv, np.zeros((2, 4, env.max_turns + 1)))
     with pytest.raises(ValueError, match=r"rewards must be \[num_prompts"):
         program.learn(state, conv, np.zeros((2, 4, env.max_turns)))
+
+
+def test_four_devices_equal_one(env, model_config, params):
+    """Data parallel: each of 4 devices plays a quarter of the conversations and
+    the updates are averaged over the mesh; the run is the one-device run."""
+    config = llm.GRPOConfig(
+        loss="grpo", num_prompts=4, group_size=2, learning_rate=1e-3, num_epochs=2
+    )
+    runs = []
+    for devices in (1, 4):
+        program = mt.make_multiturn_grpo(
+            config.__class__(**{**vars(config), "num_devices": devices}),
+            model_config,
+            env,
+        )
+        state = program.init(jax.random.key(5), params)
+        state, metrics = program.run(state, num_steps=2)
+        runs.append((state, metrics))
+    (one, m1), (four, m4) = runs
+    leaves = zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    for name in ("reward", "success", "agent_tokens"):
+        np.testing.assert_allclose(np.asarray(m1[name]), np.asarray(m4[name]))
+    with pytest.raises(ValueError, match="runs on one device"):
+        mt.make_multiturn_grpo(
+            config.__class__(**{**vars(config), "num_devices": 4}),
+            model_config,
+            env,
+            continual="ewc",
+        )
