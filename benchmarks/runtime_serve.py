@@ -319,7 +319,9 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def run_group(group: str, tmp: Path, clients: int, cycles: int, rounds: int) -> dict:
+def run_group(
+    group: str, tmp: Path, clients: int, cycles: int, rounds: int, skip=()
+) -> dict:
     from convergence_jax.runtime.pgtemp import TemporaryPostgres
 
     server = None
@@ -338,11 +340,16 @@ def run_group(group: str, tmp: Path, clients: int, cycles: int, rounds: int) -> 
 
     contenders = []
     try:
+        specs = [
+            ("serve x1", "serve", "serve1", 1),
+            ("serve x2", "serve", "serve2", 2),
+            ("baseline", "baseline", "baseline", 1),
+            ("library", "library", "library", 1),
+        ]
         contenders = [
-            Contender("serve x1", "serve", db("serve1"), tmp),
-            Contender("serve x2", "serve", db("serve2"), tmp, processes=2),
-            Contender("baseline", "baseline", db("baseline"), tmp),
-            Contender("library", "library", db("library"), tmp),
+            Contender(name, kind, db(base), tmp, processes=n)
+            for name, kind, base, n in specs
+            if f"{group}:{name}" not in skip
         ]
         records = []
         for r in range(rounds):
@@ -382,7 +389,7 @@ def run_group(group: str, tmp: Path, clients: int, cycles: int, rounds: int) -> 
             ),
         }
     ratios = {}
-    for other in ("baseline", "library"):
+    for other in [n for n in ("baseline", "library") if n in names]:
         paired = [
             rec["serve x1"]["cycles_per_s"] / rec[other]["cycles_per_s"]
             for rec in records
@@ -465,6 +472,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--groups", default="sqlite,postgres")
+    parser.add_argument(
+        "--skip", default="", help="contenders left out, e.g. 'postgres:library'"
+    )
     args = parser.parse_args()
     cycles, rounds = (100, 1) if args.quick else (args.cycles, args.rounds)
     from importlib.metadata import version
@@ -492,7 +502,9 @@ def main() -> None:
     groups = {}
     for group in args.groups.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            groups[group] = run_group(group, Path(tmp), args.clients, cycles, rounds)
+            groups[group] = run_group(
+                group, Path(tmp), args.clients, cycles, rounds, args.skip.split(",")
+            )
             groups[group]["machine"] = machine
     path = RESULTS / "runtime_serve.json"
     result = {
