@@ -432,6 +432,8 @@ def markdown(result: dict) -> str:
         f"counted exactly {result['cycles']:,} more decisions and updates in the "
         "database.",
     ]
+    if result.get("note"):
+        lines += ["", result["note"]]
     for group in result["groups"].values():
         s, load = group["summary"], group["load"]
         lines += [
@@ -473,9 +475,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--groups", default="sqlite,postgres")
     parser.add_argument(
+        "--markdown-from", help="re-render results/runtime_serve.md from this JSON"
+    )
+    parser.add_argument(
         "--skip", default="", help="contenders left out, e.g. 'postgres:library'"
     )
     args = parser.parse_args()
+    if args.markdown_from:
+        result = json.loads(Path(args.markdown_from).read_text())
+        (RESULTS / "runtime_serve.md").write_text(markdown(result))
+        return
     cycles, rounds = (100, 1) if args.quick else (args.cycles, args.rounds)
     from importlib.metadata import version
 
