@@ -27,6 +27,7 @@ episodes. Results go to benchmarks/results/recurrent_ppo_memory.{json,md,png}.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class Config:
     ent_coef: float = 0.01
     eval_episodes: int = 2048
     """Fresh episodes to score each seed's final policy."""
+    name: str = "recurrent_ppo_memory"
+    """Results file stem under benchmarks/results/."""
     quick: bool = False
     """A tiny run that checks the script (results not written)."""
 
@@ -113,6 +116,7 @@ def main(cfg: Config):
             num_envs=16,
             num_steps=32,
             eval_episodes=64,
+            quick=True,
         )
     common = dict(
         total_timesteps=cfg.total_timesteps,
@@ -201,7 +205,7 @@ def main(cfg: Config):
         "env": ENV_ID,
         "memory_length": cfg.memory_length,
         "episode_length": length,
-        "config": {k: v for k, v in cfg.__dict__.items() if k != "quick"},
+        "config": {k: v for k, v in cfg.__dict__.items() if k not in ("quick", "name")},
         "recurrent_network": "Dense(128) tanh -> GRU(128) -> heads (128,)",
         "feed_forward_network": "actor and critic MLPs (128, 128) tanh",
         "machine": machine_info(),
@@ -209,13 +213,14 @@ def main(cfg: Config):
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recurrent_ppo_memory.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out / "recurrent_ppo_memory.md")
-    plot(result, out / "recurrent_ppo_memory.png")
+    result["machine"]["load_average_end"] = os.getloadavg()[0]
+    (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, out / f"{cfg.name}.md", cfg.name)
+    plot(result, out / f"{cfg.name}.png")
     return results
 
 
-def write_markdown(result, path: Path):
+def write_markdown(result, path: Path, name: str):
     r = result["results"]
     seeds = result["config"]["seeds"]
 
@@ -233,6 +238,8 @@ def write_markdown(result, path: Path):
         )
 
     m = result["machine"]
+    end = m.get("load_average_end")
+    end = "(not recorded)" if end is None else f"{end:.1f}"
     lines = [
         f"# Recurrent vs feed-forward PPO on {result['env']} "
         f"(memory_length {result['memory_length']})",
@@ -252,11 +259,13 @@ def write_markdown(result, path: Path):
         row("recurrent", f"GRU PPO ({result['recurrent_network']})"),
         row("feed_forward", f"MLP PPO ({result['feed_forward_network']})"),
         "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, load {m.get('load')}; "
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, load average "
+        f"{m['load_average_start']:.1f} at the start, "
+        f"{end} at the end; "
         "CPU (JAX default device). Times are one vmapped run of all seeds, "
         "compile separate; the machine was shared, so they are indicative only.",
         "",
-        "![curves](recurrent_ppo_memory.png)",
+        f"![curves]({name}.png)",
         "",
     ]
     path.write_text("\n".join(lines))
