@@ -286,19 +286,19 @@ def stage_offline(args: Args, cache: Path) -> None:
         max_weight=args.awr_max_weight,
     )
     trainers = {
-        "bc": offline.make_offline_trainer(
-            mc,
-            good.to_rows(env.tokenizer, env.sequence_length),
-            method="bc",
-            batch_size=args.offline_batch,
-            hparams=hp,
-        ),
         "awr": offline.make_offline_trainer(
             mc,
             fitting.to_rows(env.tokenizer, env.sequence_length),
             method="awr",
             batch_size=args.offline_batch,
             baseline=fitting.baselines("scenario"),
+            hparams=hp,
+        ),
+        "bc": offline.make_offline_trainer(
+            mc,
+            good.to_rows(env.tokenizer, env.sequence_length),
+            method="bc",
+            batch_size=args.offline_batch,
             hparams=hp,
         ),
     }
