@@ -307,12 +307,15 @@ def main() -> None:
                 )
             )
             print("tensor-optix", seed, summarize([theirs[-1]], 475.0), flush=True)
-        result["runs"] = {"ours": ours, "tensor_optix": theirs}
-        result["summary"] = {
-            "ours": summarize(ours, 475.0),
-            "tensor_optix": summarize(theirs, 475.0),
-        }
-        result["load_after"] = os.getloadavg()[0]
+            # Written after every seed, so a run cut short leaves what it did.
+            result["runs"] = {"ours": ours, "tensor_optix": theirs}
+            result["summary"] = {
+                "ours": summarize(ours, 475.0),
+                "tensor_optix": summarize(theirs, 475.0),
+            }
+            result["load_after"] = os.getloadavg()[0]
+            path.write_text(json.dumps(result, indent=1))
+            path.with_suffix(".md").write_text(report(result, args.part))
     else:
         for env_id in ("Acrobot-v1", "Pendulum-v1"):
             runs = []
@@ -348,7 +351,8 @@ def report(result: dict, part: str) -> str:
     if part == "cartpole":
         cap = result["cap_seconds"]
         lines += [
-            "CartPole-v1, 4 seeds each. Ours: `experiments/autonomous_ppo.py` "
+            f"CartPole-v1, {s['ours']['seeds']} seeds each. Ours: "
+            "`experiments/autonomous_ppo.py` "
             f"(preset `{result['preset']}`), to its own stop. tensor-optix 1.17.9: "
             f"`Optimizer(make_agent(env), env).run()` (torch CPU), stopped at a cap "
             f"of {cap:.0f} s of its own loop time when it has not stopped by itself.",
@@ -402,7 +406,7 @@ def report(result: dict, part: str) -> str:
             ]
     else:
         lines += [
-            f"Held-out tasks, preset `{result['preset']}` unchanged, 4 seeds, each "
+            f"Held-out tasks, preset `{result['preset']}` unchanged, each "
             "run to the loop's own stop.",
             "",
             "| task | target | seeds reaching | env steps to target | best fresh mean "
