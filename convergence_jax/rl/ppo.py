@@ -229,23 +229,59 @@ def _make_env(config: PPOConfig):
     return LogWrapper(env), env_params
 
 
+def _check_common(config, name: str) -> None:
+    """The checks PPO and recurrent PPO share, after their int fields: the devices,
+    at least one rollout, the network, and the ranges of the numbers; ``name`` is
+    the config class's name, for the messages."""
+    if config.num_devices > jax.device_count():
+        raise ValueError(
+            f"{name}.num_devices: {config.num_devices} requested, "
+            f"{jax.device_count()} available ({jax.devices()[0].platform}); on CPU, "
+            "set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+            "importing jax"
+        )
+    check_num_devices(config.num_devices, f"{name}.num_devices")
+    if config.num_updates < 1:
+        raise ValueError(
+            f"{name}.total_timesteps ({config.total_timesteps}) is less than one "
+            f"rollout (num_envs * num_steps = {config.batch_size})"
+        )
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{name}.activation: expected one of {sorted(ACTIVATIONS)}, got "
+            f"{config.activation!r}"
+        )
+    if not config.hidden_sizes or any(
+        not isinstance(h, int) or h < 1 for h in config.hidden_sizes
+    ):
+        raise ValueError(
+            f"{name}.hidden_sizes: expected positive ints, got {config.hidden_sizes}"
+        )
+    for attr in ("learning_rate", "max_grad_norm", "reward_scale"):
+        if not getattr(config, attr) > 0:
+            raise ValueError(
+                f"{name}.{attr}: expected > 0, got {getattr(config, attr)}"
+            )
+    for attr in ("clip_eps", "ent_coef", "vf_coef"):
+        if not getattr(config, attr) >= 0:
+            raise ValueError(
+                f"{name}.{attr}: expected >= 0, got {getattr(config, attr)}"
+            )
+    for attr in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(config, attr) <= 1:
+            raise ValueError(
+                f"{name}.{attr}: expected in [0, 1], got {getattr(config, attr)}"
+            )
+
+
 def _check_config(config: PPOConfig, action_space) -> bool:
     """Validate before anything compiles; returns whether actions are continuous."""
-
-    def positive_int(name):
-        value = getattr(config, name)
+    ints = ("total_timesteps", "num_envs", "num_steps", "update_epochs")
+    ints += ("num_minibatches", "num_devices")
+    for attr in ints:
+        value = getattr(config, attr)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"PPOConfig.{name}: expected an int >= 1, got {value!r}")
-
-    for name in (
-        "total_timesteps",
-        "num_envs",
-        "num_steps",
-        "update_epochs",
-        "num_minibatches",
-        "num_devices",
-    ):
-        positive_int(name)
+            raise ValueError(f"PPOConfig.{attr}: expected an int >= 1, got {value!r}")
     if config.num_steps % config.num_minibatches:
         raise ValueError(
             f"PPOConfig: the batch does not divide into minibatches: num_steps "
@@ -258,45 +294,7 @@ def _check_config(config: PPOConfig, action_space) -> bool:
             f"PPOConfig: num_envs ({config.num_envs}) must be a multiple of "
             f"num_devices ({config.num_devices})"
         )
-    if config.num_devices > jax.device_count():
-        raise ValueError(
-            f"PPOConfig.num_devices: {config.num_devices} requested, "
-            f"{jax.device_count()} available ({jax.devices()[0].platform}); on CPU, "
-            "set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
-            "importing jax"
-        )
-    check_num_devices(config.num_devices, "PPOConfig.num_devices")
-    if config.num_updates < 1:
-        raise ValueError(
-            f"PPOConfig.total_timesteps ({config.total_timesteps}) is less than one "
-            f"rollout (num_envs * num_steps = {config.batch_size})"
-        )
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(
-            f"PPOConfig.activation: expected one of {sorted(ACTIVATIONS)}, got "
-            f"{config.activation!r}"
-        )
-    if not config.hidden_sizes or any(
-        not isinstance(h, int) or h < 1 for h in config.hidden_sizes
-    ):
-        raise ValueError(
-            f"PPOConfig.hidden_sizes: expected positive ints, got {config.hidden_sizes}"
-        )
-    for name in ("learning_rate", "max_grad_norm", "reward_scale"):
-        if not getattr(config, name) > 0:
-            raise ValueError(
-                f"PPOConfig.{name}: expected > 0, got {getattr(config, name)}"
-            )
-    for name in ("clip_eps", "ent_coef", "vf_coef"):
-        if not getattr(config, name) >= 0:
-            raise ValueError(
-                f"PPOConfig.{name}: expected >= 0, got {getattr(config, name)}"
-            )
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise ValueError(
-                f"PPOConfig.{name}: expected in [0, 1], got {getattr(config, name)}"
-            )
+    _check_common(config, "PPOConfig")
     discrete = isinstance(action_space, gym_spaces.Discrete)
     if not discrete and not isinstance(action_space, gym_spaces.Box):
         raise ValueError(

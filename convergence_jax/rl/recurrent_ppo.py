@@ -63,7 +63,7 @@ from convergence_jax.rl.losses import (
     ppo_policy_loss,
 )
 from convergence_jax.rl.networks import ACTIVATIONS, MLP, _orthogonal
-from convergence_jax.rl.ppo import PPOHParams, _is_key, _split_keys
+from convergence_jax.rl.ppo import PPOHParams, _check_common, _is_key, _split_keys
 
 __all__ = [
     "RecurrentActorCritic",
@@ -260,16 +260,9 @@ def _make_env(config: RecurrentPPOConfig):
 def _check_config(config: RecurrentPPOConfig, action_space) -> bool:
     """Validate before anything compiles; returns whether actions are continuous."""
     name_of = "RecurrentPPOConfig."
-    for name in (
-        "total_timesteps",
-        "num_envs",
-        "num_steps",
-        "update_epochs",
-        "num_minibatches",
-        "num_devices",
-        "rnn_size",
-        "embed_size",
-    ):
+    ints = ("total_timesteps", "num_envs", "num_steps", "update_epochs")
+    ints += ("num_minibatches", "num_devices", "rnn_size", "embed_size")
+    for name in ints:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name_of}{name}: expected an int >= 1, got {value!r}")
@@ -281,44 +274,7 @@ def _check_config(config: RecurrentPPOConfig, action_space) -> bool:
             f"{config.num_minibatches}); every minibatch takes whole sequences of "
             "an equal share of each device's environments"
         )
-    if config.num_devices > jax.device_count():
-        raise ValueError(
-            f"{name_of}num_devices: {config.num_devices} requested, "
-            f"{jax.device_count()} available ({jax.devices()[0].platform}); on CPU, "
-            "set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
-            "importing jax"
-        )
-    if config.num_updates < 1:
-        raise ValueError(
-            f"{name_of}total_timesteps ({config.total_timesteps}) is less than one "
-            f"rollout (num_envs * num_steps = {config.batch_size})"
-        )
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{name_of}activation: expected one of {sorted(ACTIVATIONS)}, got "
-            f"{config.activation!r}"
-        )
-    if not config.hidden_sizes or any(
-        not isinstance(h, int) or h < 1 for h in config.hidden_sizes
-    ):
-        raise ValueError(
-            f"{name_of}hidden_sizes: expected positive ints, got {config.hidden_sizes}"
-        )
-    for name in ("learning_rate", "max_grad_norm", "reward_scale"):
-        if not getattr(config, name) > 0:
-            raise ValueError(
-                f"{name_of}{name}: expected > 0, got {getattr(config, name)}"
-            )
-    for name in ("clip_eps", "ent_coef", "vf_coef"):
-        if not getattr(config, name) >= 0:
-            raise ValueError(
-                f"{name_of}{name}: expected >= 0, got {getattr(config, name)}"
-            )
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise ValueError(
-                f"{name_of}{name}: expected in [0, 1], got {getattr(config, name)}"
-            )
+    _check_common(config, "RecurrentPPOConfig")
     if isinstance(action_space, gym_spaces.Discrete):
         return False
     if isinstance(action_space, gym_spaces.Box):
