@@ -327,6 +327,24 @@ def _psum(x, sharded: bool):
     return jax.lax.psum(x, AXIS) if sharded else x
 
 
+def _rollout_metrics(traj, step, batch_size: int, learning_rate, aux, sharded: bool):
+    """An update's metrics (PPO and recurrent PPO): the mean return of the episodes
+    that ended in the rollout (NaN if none, over every device), their count, the
+    environment steps so far, the learning rate, and the update's ``aux``."""
+    done = traj["episode_done"].astype(jnp.float32)
+    episodes = _psum(done.sum(), sharded)
+    return_sum = _psum((traj["episode_return"] * done).sum(), sharded)
+    return {
+        "episode_return": jnp.where(
+            episodes > 0, return_sum / jnp.maximum(episodes, 1.0), jnp.nan
+        ),
+        "episodes": episodes,
+        "env_steps": (step + 1) * batch_size,
+        "learning_rate": learning_rate,
+        **aux,
+    }
+
+
 def _normalize(obs, stats: ObsStats, enabled: bool):
     if not enabled:
         return obs
@@ -590,18 +608,14 @@ def make_ppo(config: PPOConfig) -> PPO:
         stats = state.obs_stats
         if config.normalize_obs:
             stats = _update_stats(stats, traj["raw_obs"], sharded)
-        done = traj["episode_done"].astype(jnp.float32)
-        episodes = _psum(done.sum(), sharded)
-        return_sum = _psum((traj["episode_return"] * done).sum(), sharded)
-        metrics = {
-            "episode_return": jnp.where(
-                episodes > 0, return_sum / jnp.maximum(episodes, 1.0), jnp.nan
-            ),
-            "episodes": episodes,
-            "env_steps": (state.step + 1) * config.batch_size,
-            "learning_rate": learning_rate(state.step, hparams),
-            **aux,
-        }
+        metrics = _rollout_metrics(
+            traj,
+            state.step,
+            config.batch_size,
+            learning_rate(state.step, hparams),
+            aux,
+            sharded,
+        )
         new_state = TrainState(
             params=params,
             opt_state=opt_state,

@@ -55,6 +55,7 @@ from gymnax.environments import spaces as gym_spaces
 from gymnax.wrappers import FlattenObservationWrapper, LogWrapper
 from jax.sharding import PartitionSpec as P
 
+from convergence_jax.distributed import global_mesh
 from convergence_jax.rl._scan import scan_updates
 from convergence_jax.rl.losses import (
     clipped_value_loss,
@@ -63,7 +64,14 @@ from convergence_jax.rl.losses import (
     ppo_policy_loss,
 )
 from convergence_jax.rl.networks import ACTIVATIONS, MLP, _orthogonal
-from convergence_jax.rl.ppo import PPOHParams, _check_common, _is_key, _split_keys
+from convergence_jax.rl.ppo import (
+    PPOHParams,
+    _check_common,
+    _is_key,
+    _pmean,
+    _rollout_metrics,
+    _split_keys,
+)
 
 __all__ = [
     "RecurrentActorCritic",
@@ -286,14 +294,6 @@ def _check_config(config: RecurrentPPOConfig, action_space) -> bool:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _pmean(x, sharded: bool):
-    return jax.lax.pmean(x, AXIS) if sharded else x
-
-
-def _psum(x, sharded: bool):
-    return jax.lax.psum(x, AXIS) if sharded else x
 
 
 def stratified_env_minibatches(keys: jax.Array, num_minibatches: int) -> jax.Array:
@@ -534,18 +534,14 @@ def make_recurrent_ppo(config: RecurrentPPOConfig) -> RecurrentPPO:
             "return": returns,
         }
         params, opt_state, keys, aux = learn(state, data, keys, hparams)
-        done = traj["episode_done"].astype(jnp.float32)
-        episodes = _psum(done.sum(), sharded)
-        return_sum = _psum((traj["episode_return"] * done).sum(), sharded)
-        metrics = {
-            "episode_return": jnp.where(
-                episodes > 0, return_sum / jnp.maximum(episodes, 1.0), jnp.nan
-            ),
-            "episodes": episodes,
-            "env_steps": (state.step + 1) * config.batch_size,
-            "learning_rate": learning_rate(state.step, hparams),
-            **aux,
-        }
+        metrics = _rollout_metrics(
+            traj,
+            state.step,
+            config.batch_size,
+            learning_rate(state.step, hparams),
+            aux,
+            sharded,
+        )
         new_state = RecurrentTrainState(
             params=params,
             opt_state=opt_state,
@@ -559,9 +555,7 @@ def make_recurrent_ppo(config: RecurrentPPOConfig) -> RecurrentPPO:
         return new_state, metrics
 
     if sharded:
-        mesh = jax.make_mesh(
-            (config.num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
-        )
+        mesh = global_mesh(config.num_devices, AXIS)
         state_specs = RecurrentTrainState(
             params=P(),
             opt_state=P(),
