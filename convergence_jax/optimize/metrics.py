@@ -54,6 +54,16 @@ class MetricSpec:
     def bounded(self) -> bool:
         return self.min is not None
 
+    def normalize_float(self, value: float) -> float:
+        """``normalize`` of one Python float, in plain Python (no array dispatch:
+        the host loop scores every evaluation with it)."""
+        if self.bounded:
+            z = (value - self.min) / (self.max - self.min)
+            if self.goal == "minimize":
+                z = 1.0 - z
+            return min(max(z, 0.0), 1.0)
+        return value if self.goal == "maximize" else -value
+
     def normalize(self, value):
         """Normalized value (1 = best end); ``value`` is a JAX array or a number."""
         if self.bounded:
@@ -130,5 +140,5 @@ class RewardSpec:
                 raise ValueError(f"metric {m.name!r} is not a number: {v!r}")
             if not math.isfinite(v):
                 raise ValueError(f"metric {m.name!r} is not finite: {v}")
-            total += m.weight * float(m.normalize(float(v)))
+            total += m.weight * m.normalize_float(float(v))
         return total

@@ -16,12 +16,14 @@ writes the output folder:
   ``optimize.society``).
 
 A JAX objective (and the bundled simulator) runs as one compiled program; a Python
-callable or an HTTP endpoint runs on a bounded thread pool between compiled
-propose/observe/evolve steps. Such a host-loop run journals every evaluation as it
-settles (``evaluations.jsonl``) and saves its state atomically after every generation
-(``checkpoint.pkl``), so ``run_optimization(config, resume=True)`` (the CLI's
-``--resume OUTDIR``) continues an interrupted run without calling the objective again
-for anything it had finished.
+callable or an HTTP endpoint runs on a bounded pool of reused threads between
+compiled steps: one call per Thompson-sampling round (observe the round, propose the
+next) and one per generation's end (observe, evolve), the population fetched and
+decoded once per generation. Such a host-loop run journals every evaluation as it
+settles (``evaluations.jsonl``, flushed) and saves its state atomically after every
+generation (``checkpoint.pkl``, fsynced), so ``run_optimization(config, resume=True)``
+(the CLI's ``--resume OUTDIR``) continues an interrupted run without calling the
+objective again for anything it had finished.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from convergence_jax.optimize.config import (
     reward_spec,
     validate,
 )
-from convergence_jax.optimize.evaluate import evaluate_batch
+from convergence_jax.optimize.evaluate import EvaluationPool, evaluate_batch
 from convergence_jax.optimize.metrics import RewardSpec
 from convergence_jax.optimize.objectives import jax_objective, load_target
 from convergence_jax.optimize.report import top_configurations, write_report
@@ -126,9 +128,12 @@ def _to_host(tree):
 
 
 def _generation_record(
-    space, g, ended, evaluations: list[dict[str, Any]]
+    space, g, ended, evaluations: list[dict[str, Any]], population=None
 ) -> dict[str, Any]:
-    population = space.decode(ended["population"])
+    """``population``: the generation's configurations, decoded (default: decode
+    ``ended["population"]``)."""
+    if population is None:
+        population = space.decode(ended["population"])
     fitness = np.asarray(ended["fitness"], dtype=float)
     counts = np.asarray(ended["counts"])
     best = int(np.argmax(fitness))
@@ -143,7 +148,7 @@ def _generation_record(
         "population": [
             {
                 "arm": i,
-                "config": c,
+                "config": dict(c),
                 "posterior_mean": float(fitness[i]),
                 "evaluations": int(counts[i]),
             }
@@ -232,8 +237,10 @@ class _Checkpoint:
     - ``checkpoint.pkl``: after every generation, atomically (written aside, fsynced,
       renamed): the optimizer state, the key, the generation and every record;
     - ``evaluations.jsonl``: every evaluation as soon as it is settled, appended and
-      fsynced, keyed by (generation, round, slot), so a run killed mid-generation
-      does not call the objective again for what it had finished.
+      flushed, keyed by (generation, round, slot), so a run killed mid-generation
+      does not call the objective again for what it had finished (a power cut may
+      lose the unfinished generation's lines; its finished generations are in the
+      fsynced ``checkpoint.pkl``).
     """
 
     VERSION = 1
@@ -292,9 +299,11 @@ class _Checkpoint:
     def record(self, entry: dict) -> None:
         if self._journal is None:
             return
+        # Flushed, not fsynced: the line reaches the operating system at once, so a
+        # run that is killed (Ctrl-C, SIGKILL, out of memory, a crash) loses none;
+        # checkpoint.pkl, fsynced every generation, is what survives a power cut.
         self._journal.write(json.dumps(entry) + "\n")
         self._journal.flush()
-        os.fsync(self._journal.fileno())
 
     def save(self, state, key, records, seconds) -> None:
         if self.path is None:
@@ -347,10 +356,13 @@ def _differences(old, new, where="") -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _host_programs(space_json: str, settings: tuple):
-    """Jitted init/propose/observe/evolve, shared by runs with the same shapes.
+    """Jitted programs of the host loop, shared by runs with the same shapes.
 
     Every number lives in the params (traced), so runs that differ only in numbers
-    (seeds, rates, the objective) reuse the compiled programs.
+    (seeds, rates, the objective) reuse the compiled programs. A round is one call:
+    ``step`` adds the round's rewards to the posteriors and proposes the next arms
+    (splitting the key as the loop would), ``finish`` adds the last round's rewards
+    and breeds the next generation; ``split`` opens a generation.
     """
     population_size, evaluations, batch_size, selection, mutation, crossover = settings
     me = mab_evolution(
@@ -362,12 +374,22 @@ def _host_programs(space_json: str, settings: tuple):
         mutation=mutation,
         crossover=crossover,
     )
-    return (
-        jax.jit(me.init),
-        jax.jit(me.propose),
-        jax.jit(me.observe),
-        jax.jit(me.evolve),
-    )
+
+    def split(key):
+        return tuple(jax.random.split(key, 3))
+
+    def step(k_observe, state, arms, rewards, key, params):
+        state = me.observe(k_observe, state, arms, rewards, params)
+        key, k_propose, k_next = jax.random.split(key, 3)
+        return state, me.propose(k_propose, state, params), key, k_next
+
+    def finish(k_observe, state, arms, rewards, k_evolve, params):
+        state = me.observe(k_observe, state, arms, rewards, params)
+        state, ended = me.evolve(k_evolve, state, params)
+        ended = {k: ended[k] for k in ("fitness", "counts")}
+        return state, ended, state.ga.population
+
+    return jax.jit(me.init), jax.jit(split), jax.jit(step), jax.jit(finish)
 
 
 def _host_objective(config: OptimizeConfig):
@@ -403,7 +425,7 @@ def _run_host(
     space = config.space()
     single = reward.names[0] if len(reward.names) == 1 else "score"
     opt = config.optimizer
-    init, propose, observe, evolve = _host_programs(
+    init, split, step, finish = _host_programs(
         json.dumps(space.to_dict(), sort_keys=True),
         (
             opt.population_size,
@@ -423,6 +445,7 @@ def _run_host(
     else:
         checkpoint.start_fresh()
     fn, close = _host_objective(config)
+    pool = EvaluationPool(config.objective.max_workers)
     start = time.perf_counter()
 
     def row_of(arm, r) -> dict[str, Any]:
@@ -442,15 +465,15 @@ def _run_host(
             "notes": r.notes,
         }
 
-    def evaluate(state, arms, key, generation, round_):
-        """Evaluate ``arms`` on the host and feed the rewards to the posteriors.
+    def evaluate(population, arms, generation, round_):
+        """Evaluate ``arms`` (host ints) of the decoded ``population`` on the host;
+        returns their rows and rewards (float32, for the posteriors).
 
         Evaluations found in the journal of an interrupted run are reused, not
         called again (the replayed proposals are the same: the state and the keys
         are restored).
         """
-        arms_host = np.asarray(arms)
-        configs = space.decode(_to_host(me.configs(state, arms)))
+        configs = [population[a] for a in arms]
         rows: list[dict[str, Any] | None] = [None] * len(configs)
         todo = []
         for slot, c in enumerate(configs):
@@ -462,7 +485,7 @@ def _run_host(
 
         def settled(j, evaluation):
             slot = todo[j]
-            rows[slot] = row_of(arms_host[slot], evaluation)
+            rows[slot] = row_of(arms[slot], evaluation)
             checkpoint.record(
                 {
                     "generation": generation,
@@ -476,13 +499,13 @@ def _run_host(
             evaluate_batch(
                 fn,
                 [configs[s] for s in todo],
-                max_workers=config.objective.max_workers,
                 timeout_s=config.objective.timeout_s,
                 single_metric=single,
                 on_result=settled,
+                pool=pool,
             )
-        rewards = jnp.asarray([row["reward"] for row in rows], jnp.float32)
-        return observe(key, state, arms, rewards, params), rows
+        rewards = np.asarray([row["reward"] for row in rows], np.float32)
+        return rows, rewards
 
     first = len(records)
     bar = tqdm(
@@ -492,20 +515,32 @@ def _run_host(
         disable=not progress,
         unit="gen",
     )
+    all_arms = np.arange(me.population_size, dtype=np.int32)
+    population = None  # the decoded population of ``state``, when known
     try:
         for g in range(first, config.optimizer.generations):
-            key, k_first, k_evolve = jax.random.split(key, 3)
+            key, k_observe, k_evolve = split(key)
             if society is not None:
                 state = society.propose(g, state, records)
-            arms = jnp.arange(me.population_size)
-            state, rows = evaluate(state, arms, k_first, g, 0)
-            for r in range(me.num_rounds):
-                key, k_propose, k_observe = jax.random.split(key, 3)
-                arms = propose(k_propose, state, params)
-                state, more = evaluate(state, arms, k_observe, g, r + 1)
+                population = None
+            if population is None:
+                population = space.decode(jax.device_get(state.ga.population))
+            arms, rows = all_arms, []
+            for r in range(me.num_rounds + 1):
+                more, rewards = evaluate(population, arms.tolist(), g, r)
                 rows += more
-            state, ended = evolve(k_evolve, state, params)
-            record = _generation_record(space, g, _to_host(ended), rows)
+                if r == me.num_rounds:
+                    break
+                state, arms, key, k_next = step(
+                    k_observe, state, arms, rewards, key, params
+                )
+                arms, k_observe = np.asarray(arms), k_next
+            state, ended, children = finish(
+                k_observe, state, arms, rewards, k_evolve, params
+            )
+            ended, children = jax.device_get((ended, children))
+            record = _generation_record(space, g, ended, rows, population)
+            population = space.decode(children)
             if society is not None:
                 last = g == config.optimizer.generations - 1
                 society.observe(record, records, last=last)
@@ -517,6 +552,7 @@ def _run_host(
             bar.set_postfix(best=f"{records[-1]['best_posterior_mean']:.4f}")
     finally:
         bar.close()
+        pool.close()
         close()
         checkpoint.close()
 
@@ -574,7 +610,10 @@ def _write_results(out, config, me, records, status, seconds):
         from convergence_jax.optimize.society import contributions
 
         detail["society"] = contributions(records)
-    _atomic_write(out / "detailed_results.json", json.dumps(detail, indent=1))
+    # The snapshots written while running are compact (the C encoder; indenting
+    # runs the pure-Python one, ~10x slower, every generation); the final is indented.
+    indent = None if status == "running" else 1
+    _atomic_write(out / "detailed_results.json", json.dumps(detail, indent=indent))
 
 
 def run_optimization(

@@ -115,3 +115,41 @@ def test_evaluate_batch_rejects_bad_arguments():
         evaluate_batch(_objective, [], max_workers=0)
     with pytest.raises(ValueError, match="timeout_s"):
         evaluate_batch(_objective, [], timeout_s=0)
+
+
+def test_combine_one_equals_the_array_combine():
+    reward = RewardSpec.build(SPECS | {"raw": MetricSpec("raw", "minimize")}, 0.0)
+    for q, lat, raw in [(0.5, 250.0, 3.0), (-0.2, 1500.0, -1.0), (1.3, -5.0, 0.25)]:
+        values = {"quality": q, "latency_ms": lat, "raw": raw}
+        arrays = {k: jnp.asarray([v]) for k, v in values.items()}
+        assert reward.combine_one(values) == pytest.approx(
+            float(reward.combine(arrays)[0]), rel=1e-6
+        )
+
+
+def test_pool_reuses_its_threads_and_replaces_an_abandoned_one():
+    from convergence_jax.optimize.evaluate import EvaluationPool
+
+    def objective(config):
+        if config["hang"]:
+            time.sleep(2.0)
+        return {"quality": 0.5}
+
+    with EvaluationPool(1) as pool:
+        for _ in range(3):
+            results = evaluate_batch(
+                objective, [{"hang": False}] * 6, pool=pool, single_metric="quality"
+            )
+            assert all(r.ok for r in results)
+        assert pool._started == 1  # 18 evaluations, one thread
+        start = time.perf_counter()
+        results = evaluate_batch(
+            objective,
+            [{"hang": True}] + [{"hang": False}] * 4,
+            pool=pool,
+            timeout_s=0.3,
+        )
+        assert time.perf_counter() - start < 1.5
+        assert results[0].error.startswith("TimeoutError")
+        assert all(r.ok for r in results[1:])
+        assert pool._started == 2  # the hung worker was replaced, not waited for
