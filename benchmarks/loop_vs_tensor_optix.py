@@ -48,6 +48,8 @@ NAME = "loop_vs_tensor_optix"
 TO_PACKAGES = ["tensor-optix==1.17.9", "torch==2.13.0", "gymnasium"]
 EVAL_EPISODES = 32
 TARGETS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0}
+# A looser mark often used for PPO on Pendulum-v1, reported beside -200.
+LOOSE_TARGETS = {"Pendulum-v1": -250.0}
 VAL_STEPS = {"CartPole-v1": 500, "Acrobot-v1": 500, "Pendulum-v1": 200}
 
 
@@ -330,6 +332,10 @@ def main() -> None:
                 print(env_id, seed, summarize([runs[-1]], TARGETS[env_id]), flush=True)
             result["runs"][env_id] = runs
             result.setdefault("summary", {})[env_id] = summarize(runs, TARGETS[env_id])
+            if env_id in LOOSE_TARGETS:
+                result.setdefault("loose", {})[env_id] = summarize(
+                    runs, LOOSE_TARGETS[env_id]
+                )
         result["load_after"] = os.getloadavg()[0]
     path.write_text(json.dumps(result, indent=1))
     path.with_suffix(".md").write_text(report(result, args.part))
@@ -406,8 +412,8 @@ def report(result: dict, part: str) -> str:
             ]
     else:
         lines += [
-            f"Held-out tasks, preset `{result['preset']}` unchanged, each "
-            "run to the loop's own stop.",
+            f"Held-out tasks, preset `{result['preset']}` (its Box settings on "
+            "Pendulum-v1), each run to the loop's own stop.",
             "",
             "| task | target | seeds reaching | env steps to target | best fresh mean "
             "| fresh mean at stop | env steps to stop | wall s to stop |",
@@ -420,6 +426,25 @@ def report(result: dict, part: str) -> str:
                 f"{fmt(x['best_score'], 1)} | {fmt(x['final_score'], 1)} | "
                 f"{fmt(x['stop_env_steps'])} | {fmt(x['stop_seconds'], 1)} |"
             )
+        for env_id, x in result.get("loose", {}).items():
+            lines.append(
+                f"| {env_id} | ≥ {LOOSE_TARGETS[env_id]:.0f} | {x['seeds_reaching']} / "
+                f"{x['seeds']} | {fmt(x['target_env_steps'])} | | | | |"
+            )
+        lines += ["", "Per seed: env steps to target (— never), best fresh mean:"]
+        for env_id, runs in result["runs"].items():
+            marks = [TARGETS[env_id]]
+            if env_id in LOOSE_TARGETS:
+                marks.append(LOOSE_TARGETS[env_id])
+            for target in marks:
+                per_seed = []
+                for r in runs:
+                    hit = first_reaching(r, target)
+                    best = max(e["score"] for e in r["evals"])
+                    per_seed.append(
+                        f"{hit['env_steps']:,}" if hit else f"— (best {best:.1f})"
+                    )
+                lines.append(f"- {env_id} ≥ {target:.0f}: " + "; ".join(per_seed))
     return "\n".join(lines) + "\n"
 
 

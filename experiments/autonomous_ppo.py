@@ -40,7 +40,8 @@ from convergence_jax.spaces import SearchSpace
 @dataclass(frozen=True)
 class Config:
     env_id: str = "CartPole-v1"
-    """A gymnax environment with discrete actions."""
+    """A gymnax environment, discrete or continuous (Box) actions; for Box the
+    preset's ``box`` settings apply."""
     seed: int = 0
     """Seed of the first agent and the pipelines."""
     preset: Literal["sample_efficient", "throughput"] = "sample_efficient"

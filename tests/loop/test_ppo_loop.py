@@ -175,6 +175,23 @@ def test_autonomous_presets_resolve_and_overrides_win():
         loop.ppo_preset("fast")
 
 
+def test_preset_box_settings_apply_to_continuous_actions_only():
+    preset = loop.ppo_preset("sample_efficient")
+    box = dict(preset.box)
+    discrete = preset.ppo_config("Acrobot-v1")
+    continuous = preset.ppo_config("Pendulum-v1")
+    assert (discrete.num_steps, discrete.gamma) == (preset.num_steps, 0.99)
+    assert not discrete.normalize_obs
+    assert continuous.num_steps == box["num_steps"] != preset.num_steps
+    assert continuous.gamma == box["gamma"] and continuous.normalize_obs
+    assert continuous.total_timesteps == box["lr_horizon"]
+    assert preset.ppo_config("Pendulum-v1", gamma=0.97).gamma == 0.97
+    bad = loop.PPOLoopPreset(4, 64, 10, 4, 1e-3, 10_000, box=(("gama", 0.9),))
+    assert bad.ppo_config("CartPole-v1").gamma == 0.99
+    with pytest.raises(ValueError, match="unknown PPOConfig fields \\['gama'\\]"):
+        bad.ppo_config("Pendulum-v1")
+
+
 def test_continuous_actions_are_learned_as_sampled():
     """Squashed continuous actions: the window records the policy's samples next to
     the environment actions, and learning takes log-probabilities of the samples."""
