@@ -787,6 +787,21 @@ def _spread(s, fmt="{:,.0f}"):
     return " / ".join(fmt.format(s[k]) for k in ("min", "median", "max"))
 
 
+def cpu_per_update(run, updates) -> str:
+    """Median CPU milliseconds per update of each side over the timed rounds
+    (process time: JAX's threads summed, d3rlpy's one torch thread) and their
+    ratio d3rlpy / ours: the work each side spends per update, whatever share of
+    the shared machine it got (wall time is what the ratio column compares)."""
+    rounds = (run.get("timing") or {}).get("rounds") or []
+    if not rounds or "ours_cpu" not in rounds[0]:
+        return "-"
+    ms = {
+        n: 1e3 * float(np.median([q[f"{n}_cpu"] for q in rounds])) / updates
+        for n in ("ours", "d3rlpy")
+    }
+    return f"{ms['ours']:.1f} / {ms['d3rlpy']:.1f} ({ms['d3rlpy'] / ms['ours']:.1f}x)"
+
+
 def markdown(result) -> str:
     a, m = result["args"], result["machine"]
     lines = [
@@ -814,16 +829,33 @@ def markdown(result) -> str:
         f"seed, {a['rounds']} alternating rounds of {a['speed_updates']} updates "
         "each after an untimed one (BEAR past its warm-up); updates / s min / "
         "median / max. Ratio: ours / d3rlpy of the median time per round, its "
-        "range (one's min over the other's max), and the verdict. Peak memory: "
+        "range (one's min over the other's max), and the verdict. CPU ms / "
+        "update: median process time per update over the rounds (JAX's threads "
+        "summed, torch's one) and d3rlpy's over ours, the work per update "
+        "whatever share of the loaded machine each side got. Peak memory: "
         "peak RSS (`VmHWM`) of each side's worker process after the speed rounds (one "
         "seed) / after the score runs.",
         "",
         "| algorithm | env | updates x seeds | ours score | d3rlpy score | "
         "ours updates/s "
         "min / med / max | d3rlpy updates/s min / med / max | ratio (range) | "
-        "ours peak MB | d3rlpy peak MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ms / update ours / d3rlpy (ratio) | ours peak MB | d3rlpy peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if result.get("parts"):
+        runs = [
+            f"{', '.join(q['args']['algorithms'])} ("
+            + ("speed" if q["args"]["rounds"] else "")
+            + (" + " if q["args"]["rounds"] and q["args"]["seeds"] else "")
+            + ("score" if q["args"]["seeds"] else "")
+            + f", load {q['load_before']:.1f} -> {q['load_after']:.1f})"
+            for q in result["parts"]
+        ]
+        lines[-2:-2] = [
+            "Runs merged here (later ones replace earlier rows' speed or score "
+            "fields): " + "; ".join(runs) + ".",
+            "",
+        ]
     for r in result["runs"]:
         ups = r["updates_per_second"]
         sc = r.get("score", {})
@@ -853,6 +885,7 @@ def markdown(result) -> str:
             + (f"{r['num_steps']:,} x {r['seeds']}" if sc else "not run")
             + f" | {score('ours')} | {score('d3rlpy')} | "
             f"{_spread(ups['ours'])} | {_spread(ups['d3rlpy'])} | {ratio} | "
+            f"{cpu_per_update(r, a['speed_updates'])} | "
             f"{mem['ours']} | {mem['d3rlpy']} |"
         )
     lines += ["", "## Per seed and the score runs", ""]
@@ -878,8 +911,8 @@ def markdown(result) -> str:
         lines += [
             "",
             f"**Not scored: {', '.join(missing)}.** The score runs did not fit the "
-            "time this run had on the shared machine (the lock for heavy runs, "
-            "load 7-13 on 2 cores); their speed and memory rows stand.",
+            "time these runs had on the shared machine (the lock for heavy runs, "
+            "2 cores); their speed and memory rows stand.",
         ]
     lines += ["", "## Bar (issue 15): score >= d3rlpy's and >= 10x its updates/s", ""]
     lines += [f"- {line}" for line in result["bar"]]
@@ -957,12 +990,17 @@ def main(args):
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         result = dict(parts[0])
         result["parts"] = [
-            {
-                "args": q["args"],
-                "load_before": q["load_before"],
-                "load_after": q["load_after"],
-            }
+            # a part that is itself a merge brings its own parts
+            sub
             for q in parts
+            for sub in q.get("parts")
+            or [
+                {
+                    "args": q["args"],
+                    "load_before": q["load_before"],
+                    "load_after": q["load_after"],
+                }
+            ]
         ]
         result["runs"] = merge_runs([r for q in parts for r in q["runs"]])
         for q in parts:
