@@ -6,9 +6,10 @@ both scored by the same fresh-episode evaluation.
 
 **What runs.** Ours: ``experiments/autonomous_ppo.py`` with its default preset
 (``loop.ppo_preset("sample_efficient")``: 4 x 64-step windows, 10 epochs over 4
-minibatches, lr 2.5e-3 decayed over 100,000 steps, 64x64 tanh networks), run to
-its own stop (DORMANT, one spawned variant, then stop). tensor-optix 1.17.9 (PyPI,
-torch CPU, in ``benchmarks/.venvs/tensor_optix``, made by this script) driven as
+minibatches, lr 2.5e-3 decayed over 100,000 steps, 64x64 tanh networks; on the
+held-out Pendulum-v1 its Box settings, ``PPOLoopPreset.box``), run to its own
+stop (DORMANT, one spawned variant, then stop). tensor-optix 1.17.9 (PyPI, torch
+CPU, in ``benchmarks/.venvs/tensor_optix``, made by this script) driven as
 its README and ``tensor_optix/simple.py`` do: ``agent = make_agent(env)``
 (TorchPPOAgent, 256x256 networks, its default hyperparameters),
 ``Optimizer(agent, env).run()`` (auto window size, SPSA tuning, its backoff
@@ -431,7 +432,11 @@ def report(result: dict, part: str) -> str:
                 f"| {env_id} | ≥ {LOOSE_TARGETS[env_id]:.0f} | {x['seeds_reaching']} / "
                 f"{x['seeds']} | {fmt(x['target_env_steps'])} | | | | |"
             )
-        lines += ["", "Per seed: env steps to target (— never), best fresh mean:"]
+        lines += [
+            "",
+            "Per seed, env steps to the first fresh mean at the target (—: never, "
+            "with the seed's best fresh mean):",
+        ]
         for env_id, runs in result["runs"].items():
             marks = [TARGETS[env_id]]
             if env_id in LOOSE_TARGETS:

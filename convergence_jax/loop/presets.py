@@ -19,7 +19,8 @@ of 128), observation normalization, no entropy bonus, a shorter discount and
 scaled-down rewards (Pendulum's returns are in the thousands), over a 300,000-step
 learning-rate horizon. The learning rate, discount, GAE lambda and reward scale
 are the posterior best of ``loop.presearch`` on Pendulum-v1
-(``benchmarks/preset_search.py``).
+(``benchmarks/preset_search.py``), rounded; with them the loop solves Pendulum-v1
+(fresh mean >= -200 in 4 of 4 seeds, after 56,320-76,800 environment steps).
 ``throughput`` is the earlier default: 8 x 128 windows, 4 epochs, 1e-3 over
 300,000 steps — about 6x more environment steps to solve CartPole, but fewer
 gradient steps per environment step.
@@ -121,10 +122,10 @@ PPO_PRESETS: dict[str, PPOLoopPreset] = {
             ("num_steps", 256),
             ("num_minibatches", 8),
             ("normalize_obs", True),
-            ("learning_rate", 1e-3),
-            ("gamma", 0.9),
-            ("gae_lambda", 0.95),
-            ("reward_scale", 0.1),
+            ("learning_rate", 0.00061),
+            ("gamma", 0.97),
+            ("gae_lambda", 0.94),
+            ("reward_scale", 0.033),
             ("ent_coef", 0.0),
             ("lr_horizon", 300_000),
         ),
