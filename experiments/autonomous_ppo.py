@@ -7,7 +7,11 @@
 ``--preset sample_efficient`` (the default, ``loop.ppo_preset``) learns hard from
 small windows (4 x 64 steps, 10 epochs over 4 minibatches, lr 2.5e-3) to solve
 tasks in few environment steps (CartPole-v1 in 11,000-23,000 and Acrobot-v1 in
-17,000-28,000 over 4 seeds, ``benchmarks/loop_vs_tensor_optix.py``);
+17,000-28,000 over 4 seeds, ``benchmarks/loop_vs_tensor_optix.py``); on Box
+action spaces it takes its own settings (``PPOLoopPreset.box``: 4 x 256 windows,
+observation normalization, scaled rewards; Pendulum-v1 to a fresh mean >= -200
+in 56,000-77,000 steps, ``python experiments/autonomous_ppo.py --env-id
+Pendulum-v1 --val-steps 200``);
 ``--preset throughput`` (8 x 128, 4 epochs, lr 1e-3, the earlier default) needs
 several times more environment steps but spends fewer gradient steps per
 environment step. ``--num-envs`` etc. override the preset's numbers.
