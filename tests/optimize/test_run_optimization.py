@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,31 @@ def test_interrupted_python_run_keeps_finished_generations(tmp_path, monkeypatch
     detail = json.loads((tmp_path / "out" / "detailed_results.json").read_text())
     assert detail["status"] == "interrupted"
     assert len(detail["generations"]) == 2
+
+
+def test_running_snapshots_are_spaced_by_their_cost(tmp_path, monkeypatch):
+    """The running detailed_results.json holds every generation so far; with a
+    slow write (50 ms here) it is not rewritten after each fast generation, and the
+    final file still holds them all."""
+    from convergence_jax.optimize import run as run_module
+
+    data = python_config(tmp_path, generations=8)
+    data["search_space"]["mode"]["choices"] = ["ok"]  # fast generations: no timeouts
+    config = config_from_dict(data, base_dir=tmp_path)
+    real, statuses = run_module._write_results, []
+
+    def slow_write(out, config, me, records, status, seconds):
+        time.sleep(0.05)
+        statuses.append((status, len(records)))
+        real(out, config, me, records, status, seconds)
+
+    monkeypatch.setattr(run_module, "_write_results", slow_write)
+    run_optimization(config, progress=False)
+    running = [n for status, n in statuses if status == "running"]
+    assert running[0] == 1 and len(running) < 8, statuses
+    assert statuses[-1] == ("complete", 8)
+    detail = json.loads((tmp_path / "out" / "detailed_results.json").read_text())
+    assert len(detail["generations"]) == 8
 
 
 def test_cli_optimize_with_flag_overrides(tmp_path, capsys):
